@@ -1,0 +1,225 @@
+"""The subscriber fan-out: one bounded FIFO queue and one worker per subscriber.
+
+::
+
+    publish(event) ──► [queue 1] ──► worker 1 ──► subscriber1.on_event()
+                   ├─► [queue 2] ──► worker 2 ──► subscriber2.on_event()   (own thread if blocking)
+                   └─► [stream ] ──► ``async for event in sup.events()``
+
+Rules: publishing never blocks and never awaits; a full queue drops that event for that
+subscriber only and publishes ``SUBSCRIBER_OVERFLOW``; an ``on_event`` that raises is reported
+as ``SUBSCRIBER_PANICKED`` and its worker goes on; diagnostic events (overflow, panic) never
+cause further diagnostics; ``close`` drains every queue under one shared deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from ._events import DIAGNOSTIC_KINDS, Event, EventKind, new_event
+from ._subscriber import DEFAULT_QUEUE_CAPACITY, SubscriberRef
+
+
+class _Channel:
+    """One subscriber's queue and the state of whoever consumes it."""
+
+    __slots__ = ("capacity", "closed", "closing", "name", "queue", "waiter")
+
+    def __init__(self, name: str, capacity: int) -> None:
+        self.name = name
+        self.capacity = capacity
+        self.queue: deque[Event] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.closing = False  # no more waiting: drain what is queued, then stop
+        self.closed = False  # the consumer has stopped: every publish overflows "closed"
+
+    def wake(self) -> None:
+        w = self.waiter
+        if w is not None:
+            self.waiter = None
+            if not w.done():
+                w.set_result(None)
+
+
+class Bus:
+    """Fans each published event out to every subscriber's queue (internal)."""
+
+    def __init__(self, subscribers: list[SubscriberRef]) -> None:
+        self._refs = subscribers
+        self._channels: tuple[_Channel, ...] = tuple(
+            _Channel(ref.name, ref.capacity) for ref in subscribers
+        )
+        self._workers: list[asyncio.Task[None]] = []
+        self._executors: list[ThreadPoolExecutor] = []
+        self._started = False
+        self._closed: asyncio.Future[None] | None = None
+
+    @property
+    def listening(self) -> bool:
+        """Whether any queue would receive an event (skip building events when not)."""
+        return bool(self._channels)
+
+    def start(self) -> None:
+        """Spawn one worker per subscriber on the running loop. Idempotent."""
+        if self._started:
+            return
+        self._started = True
+        loop = asyncio.get_running_loop()
+        for ref, ch in zip(self._refs, self._channels, strict=True):
+            executor = None
+            if ref.blocking:
+                executor = ThreadPoolExecutor(1, thread_name_prefix=f"taskvisor-{ref.name}")
+                self._executors.append(executor)
+            self._workers.append(
+                loop.create_task(self._work(ref, ch, executor), name=f"taskvisor-sub-{ref.name}")
+            )
+
+    def publish(self, event: Event) -> None:
+        """Offer ``event`` to every queue without blocking; report queues that refuse it."""
+        channels = self._channels
+        if not channels:
+            return
+        overflowed: list[tuple[str, str]] | None = None
+        for ch in channels:
+            if ch.closed:
+                reason = "closed"
+            elif len(ch.queue) >= ch.capacity:
+                reason = "full"
+            else:
+                ch.queue.append(event)
+                if ch.waiter is not None:
+                    ch.wake()
+                continue
+            if event.kind not in DIAGNOSTIC_KINDS:
+                if overflowed is None:
+                    overflowed = []
+                overflowed.append((ch.name, reason))
+        if overflowed:
+            for name, reason in overflowed:
+                self.publish(new_event(EventKind.SUBSCRIBER_OVERFLOW, name, reason=reason))
+
+    async def _work(
+        self, ref: SubscriberRef, ch: _Channel, executor: ThreadPoolExecutor | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        queue = ch.queue
+        call = ref.call
+        try:
+            while True:
+                while queue:
+                    event = queue.popleft()
+                    try:
+                        if executor is not None:
+                            await loop.run_in_executor(executor, call, event)
+                        elif ref.is_async:
+                            await call(event)
+                        else:
+                            result = call(event)
+                            if result is not None and inspect.isawaitable(result):
+                                await result
+                    except Exception as exc:  # a subscriber's bug must not stop its worker
+                        if event.kind not in DIAGNOSTIC_KINDS:
+                            self.publish(
+                                new_event(
+                                    EventKind.SUBSCRIBER_PANICKED,
+                                    ref.name,
+                                    reason=f"{type(exc).__name__}: {exc}",
+                                )
+                            )
+                if ch.closing:
+                    return
+                ch.waiter = loop.create_future()
+                await ch.waiter
+        finally:
+            ch.closed = True
+            queue.clear()
+
+    def stream(self, capacity: int = DEFAULT_QUEUE_CAPACITY) -> EventStream:
+        """Subscribe an async iterator now; it ends once the bus is closed and drained."""
+        ch = _Channel("events", max(1, capacity))
+        if self._closed is not None:
+            ch.closing = True
+        else:
+            self._channels = (*self._channels, ch)
+        return EventStream(self, ch)
+
+    def _unsubscribe(self, ch: _Channel) -> None:
+        ch.closed = True
+        ch.queue.clear()
+        self._channels = tuple(c for c in self._channels if c is not ch)
+        ch.wake()
+
+    async def close(self, timeout: float) -> None:
+        """Drain every queue, all under one ``timeout`` deadline; drop what is left. Idempotent."""
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
+            return
+        self._closed = asyncio.get_running_loop().create_future()
+        try:
+            deadline = time.monotonic() + timeout
+            for ch in self._channels:
+                ch.closing = True
+                ch.wake()
+            pending = [w for w in self._workers if not w.done()]
+            if pending:
+                remaining = max(0.0, deadline - time.monotonic())
+                _, still = await asyncio.wait(pending, timeout=remaining)
+                for w in still:
+                    w.cancel()
+                if still:
+                    await asyncio.wait(still, timeout=0.1)
+            for executor in self._executors:
+                executor.shutdown(wait=False, cancel_futures=True)
+        finally:
+            self._closed.set_result(None)
+
+
+class EventStream:
+    """``async for event in sup.events()``: a subscriber of its own, consumed by iteration.
+
+    Subscribed when created, so no event published afterwards is missed for lack of
+    iteration. Ends after the supervisor's shutdown once the queue is drained. Use
+    ``await stream.aclose()`` (or ``async with``) to stop receiving early.
+    """
+
+    __slots__ = ("__weakref__", "_bus", "_ch", "_finalizer")
+
+    def __init__(self, bus: Bus, ch: _Channel) -> None:
+        self._bus = bus
+        self._ch = ch
+        # An abandoned stream must not keep overflowing forever: unsubscribe when collected.
+        self._finalizer = weakref.finalize(self, bus._unsubscribe, ch)
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        ch = self._ch
+        while True:
+            if ch.queue:
+                return ch.queue.popleft()
+            if ch.closing or ch.closed:
+                raise StopAsyncIteration
+            ch.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await ch.waiter
+            finally:
+                ch.waiter = None
+
+    async def aclose(self) -> None:
+        """Stop receiving events; the iteration ends."""
+        self._finalizer()
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with contextlib.suppress(Exception):
+            await self.aclose()

@@ -1,0 +1,144 @@
+"""Identity and membership: which tasks are registered, under which names, in which state.
+
+The registry is authoritative: ``list``/``get``/``is_alive`` read it directly, and events
+never add or remove membership. A name is released only by the cleanup of the record that
+holds it, so a late cleanup can never touch a newer task registered under the same name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from ._context import StopSignal, TaskId
+from ._outcome import TaskOutcome
+from ._spec import ResolvedSpec
+
+
+class TaskState(enum.StrEnum):
+    """Where a registered task is in its lifecycle."""
+
+    WAITING = "waiting"
+    """Waiting to start an attempt (for a concurrency slot, or not yet scheduled)."""
+    RUNNING = "running"
+    """An attempt is running."""
+    BACKOFF = "backoff"
+    """Waiting out a backoff delay or a periodic interval."""
+    STOPPING = "stopping"
+    """A stop was requested; cleanup has not finished yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """A snapshot of one registered task, read from the registry."""
+
+    id: TaskId
+    name: str
+    state: TaskState
+    attempt: int
+    """Number of the current or last attempt; 0 before the first."""
+    restarts: int
+    """Attempts started after the first."""
+    last_error: str | None
+    """Reason of the last failed attempt, if any."""
+
+
+class TaskRecord:
+    """Everything the runtime keeps about one registered task (internal)."""
+
+    __slots__ = (
+        "attempt",
+        "finalized",
+        "forced",
+        "future",
+        "holds_slot",
+        "id",
+        "last_error",
+        "name",
+        "on_cleanup",
+        "runner",
+        "spec",
+        "started",
+        "state",
+        "stop",
+        "timers",
+    )
+
+    def __init__(
+        self,
+        task_id: TaskId,
+        spec: ResolvedSpec,
+        future: asyncio.Future[TaskOutcome],
+        on_cleanup: Callable[[TaskRecord], None] | None = None,
+    ) -> None:
+        self.id = task_id
+        self.name = spec.name
+        self.spec = spec
+        self.future = future
+        self.on_cleanup = on_cleanup
+        self.state = TaskState.WAITING
+        self.attempt = 0
+        self.last_error: str | None = None
+        self.stop = StopSignal()
+        self.runner: asyncio.Task[None] | None = None
+        self.timers: list[asyncio.TimerHandle] | None = None
+        self.finalized = False
+        self.forced = False
+        self.holds_slot = False
+        self.started = False  # the runner has begun; before that a stop needs no cancel
+
+    def info(self) -> TaskInfo:
+        """This task as a ``TaskInfo``."""
+        state = TaskState.STOPPING if self.stop.requested else self.state
+        attempt = self.attempt
+        return TaskInfo(
+            self.id, self.name, state, attempt, attempt - 1 if attempt else 0, self.last_error
+        )
+
+
+class Registry:
+    """Registered tasks by id (in id order) and by name."""
+
+    __slots__ = ("_by_id", "_by_name")
+
+    def __init__(self) -> None:
+        self._by_id: dict[TaskId, TaskRecord] = {}
+        self._by_name: dict[str, TaskRecord] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[TaskRecord]:
+        return iter(list(self._by_id.values()))
+
+    def has_name(self, name: str) -> bool:
+        """Whether a task of this name is registered."""
+        return name in self._by_name
+
+    def lookup(self, key: TaskId | int | str) -> TaskRecord | None:
+        """The record for an id or a name, if registered."""
+        if isinstance(key, str):
+            return self._by_name.get(key)
+        return self._by_id.get(key)  # type: ignore[call-overload,no-any-return]
+
+    def insert(self, rec: TaskRecord) -> None:
+        """Register ``rec``; its name must be free and its id new."""
+        assert rec.name not in self._by_name, rec.name
+        self._by_id[rec.id] = rec
+        self._by_name[rec.name] = rec
+
+    def release(self, rec: TaskRecord) -> None:
+        """Forget ``rec``; its name is released only if ``rec`` still holds it."""
+        self._by_id.pop(rec.id, None)
+        if self._by_name.get(rec.name) is rec:
+            del self._by_name[rec.name]
+
+    def records(self) -> list[TaskRecord]:
+        """Every record, in id order (controller admissions may insert a smaller id later)."""
+        return sorted(self._by_id.values(), key=_by_id_key)
+
+
+def _by_id_key(rec: TaskRecord) -> int:
+    return rec.id

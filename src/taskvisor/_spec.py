@@ -1,0 +1,227 @@
+"""What to run and how: ``TaskSpec``, the supervisor-wide ``TaskDefaults``, and their merge."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from ._policies import BackoffPolicy, RestartPolicy
+from ._validate import check_duration, check_int, check_name
+
+if TYPE_CHECKING:
+    from ._context import TaskContext
+
+TaskFn = Callable[["TaskContext"], Awaitable[Any]] | Callable[[], Awaitable[Any]]
+"""A task body: an ``async def`` taking a ``TaskContext`` or nothing."""
+
+
+class _Unset(enum.Enum):
+    UNSET = "UNSET"
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset.UNSET
+"""Sentinel for a ``TaskSpec`` keyword left out: the value is inherited from ``TaskDefaults``."""
+
+
+def _is_async_callable(fn: object) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - we need the type's __call__
+    return call is not None and not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)
+
+
+def _takes_context(fn: Callable[..., Any]) -> bool:
+    """Whether the body wants the ``TaskContext`` (it has a required positional parameter)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: pass the context
+        return True
+    for p in sig.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL):
+            return True
+    return False
+
+
+def check_fn(fn: object) -> bool:
+    """Refuse anything but an async callable; return whether it takes a context."""
+    if inspect.iscoroutine(fn) or inspect.isawaitable(fn):
+        raise TypeError(
+            "fn must be an async function, not a coroutine object: pass `work`, not `work()`"
+        )
+    if not callable(fn):
+        raise TypeError(f"fn must be an async callable, got {type(fn).__name__}")
+    if not _is_async_callable(fn):
+        raise TypeError(f"fn must be an async function (async def), got the sync callable {fn!r}")
+    return _takes_context(fn)
+
+
+def _check_restart(value: object) -> RestartPolicy:
+    if not isinstance(value, RestartPolicy):
+        raise TypeError(f"restart must be a RestartPolicy, got {type(value).__name__}")
+    return value
+
+
+def _check_backoff(value: object) -> BackoffPolicy:
+    if not isinstance(value, BackoffPolicy):
+        raise TypeError(f"backoff must be a BackoffPolicy, got {type(value).__name__}")
+    return value
+
+
+def _check_timeout(value: object) -> float | None:
+    t = check_duration("timeout", value, allow_none=True)
+    return None if t == 0 else t  # a timeout of 0 means "no timeout"
+
+
+_DEFAULT_BACKOFF = BackoffPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDefaults:
+    """What every ``TaskSpec`` inherits for the keywords it leaves out."""
+
+    restart: RestartPolicy = RestartPolicy.ON_FAILURE
+    backoff: BackoffPolicy = _DEFAULT_BACKOFF
+    timeout: float | None = None
+    max_retries: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_restart(self.restart)
+        _check_backoff(self.backoff)
+        object.__setattr__(self, "timeout", _check_timeout(self.timeout))
+        check_int("max_retries", self.max_retries, minimum=0, allow_none=True)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A named async body plus its policies; keywords left out inherit ``TaskDefaults``."""
+
+    name: str
+    fn: TaskFn
+    restart: RestartPolicy | _Unset = UNSET
+    backoff: BackoffPolicy | _Unset = UNSET
+    timeout: float | _Unset | None = UNSET
+    max_retries: int | _Unset | None = UNSET
+
+    def __init__(
+        self,
+        name: str,
+        fn: TaskFn,
+        *,
+        restart: RestartPolicy | _Unset = UNSET,
+        backoff: BackoffPolicy | _Unset = UNSET,
+        timeout: float | _Unset | None = UNSET,
+        max_retries: int | _Unset | None = UNSET,
+    ) -> None:
+        check_name("name", name)
+        check_fn(fn)
+        if restart is not UNSET:
+            _check_restart(restart)
+        if backoff is not UNSET:
+            _check_backoff(backoff)
+        if timeout is not UNSET:
+            timeout = _check_timeout(timeout)
+        if max_retries is not UNSET:
+            check_int("max_retries", max_retries, minimum=0, allow_none=True)
+        setattr_ = object.__setattr__
+        setattr_(self, "name", name)
+        setattr_(self, "fn", fn)
+        setattr_(self, "restart", restart)
+        setattr_(self, "backoff", backoff)
+        setattr_(self, "timeout", timeout)
+        setattr_(self, "max_retries", max_retries)
+
+    @classmethod
+    def once(
+        cls,
+        name: str,
+        fn: TaskFn,
+        *,
+        backoff: BackoffPolicy | _Unset = UNSET,
+        timeout: float | _Unset | None = UNSET,
+        max_retries: int | _Unset | None = UNSET,
+    ) -> TaskSpec:
+        """A task that runs one attempt (restart ``NEVER``)."""
+        return cls(
+            name,
+            fn,
+            restart=RestartPolicy.NEVER,
+            backoff=backoff,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+
+    @classmethod
+    def restartable(
+        cls,
+        name: str,
+        fn: TaskFn,
+        *,
+        backoff: BackoffPolicy | _Unset = UNSET,
+        timeout: float | _Unset | None = UNSET,
+        max_retries: int | _Unset | None = UNSET,
+    ) -> TaskSpec:
+        """A task retried after failures until it succeeds (restart ``ON_FAILURE``)."""
+        return cls(
+            name,
+            fn,
+            restart=RestartPolicy.ON_FAILURE,
+            backoff=backoff,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+
+    @classmethod
+    def periodic(
+        cls,
+        name: str,
+        fn: TaskFn,
+        every: float,
+        *,
+        backoff: BackoffPolicy | _Unset = UNSET,
+        timeout: float | _Unset | None = UNSET,
+        max_retries: int | _Unset | None = UNSET,
+    ) -> TaskSpec:
+        """A task run again ``every`` seconds after each success (restart ``always``)."""
+        interval = check_duration("every", every, positive=True)
+        return cls(
+            name,
+            fn,
+            restart=RestartPolicy.always(interval=interval),
+            backoff=backoff,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+
+    def resolve(self, defaults: TaskDefaults) -> ResolvedSpec:
+        """Merge with ``defaults``: every inherited keyword gets its concrete value."""
+        return ResolvedSpec(
+            name=self.name,
+            fn=self.fn,
+            takes_context=_takes_context(self.fn),
+            restart=defaults.restart if self.restart is UNSET else self.restart,
+            backoff=defaults.backoff if self.backoff is UNSET else self.backoff,
+            timeout=defaults.timeout if self.timeout is UNSET else self.timeout,
+            max_retries=defaults.max_retries if self.max_retries is UNSET else self.max_retries,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSpec:
+    """A spec after admission: nothing left to inherit (internal)."""
+
+    name: str
+    fn: Callable[..., Awaitable[Any]]
+    takes_context: bool
+    restart: RestartPolicy
+    backoff: BackoffPolicy
+    timeout: float | None
+    max_retries: int | None

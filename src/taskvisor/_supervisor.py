@@ -1,0 +1,532 @@
+"""The ``Supervisor``: admission, management calls, per-task cleanup and the shared shutdown.
+
+Data flow: ``add``/``run``/controller → ``_register`` (registry + ``TASK_ADDED``) → one
+runner task per registered task (``_actor.drive``) → ``_cleanup`` (``TASK_FINISHED``, name
+released, ``TASK_REMOVED``, outcome resolved, controller told). Stop requests go through
+``_request_stop``; force and abandon timers make sure nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ._actor import SlotPool, drive, stopped_outcome
+from ._attempt import describe
+from ._config import ShutdownReport, SupervisorConfig
+from ._context import TaskId, new_task_id
+from ._errors import (
+    AlreadyRunning,
+    ControllerNotConfigured,
+    SupervisorClosed,
+    TaskAlreadyExists,
+    TaskTerminationTimeout,
+)
+from ._events import Event, EventKind, new_event
+from ._fanout import Bus, EventStream
+from ._outcome import OutcomeKind, RejectionKind, TaskHandle, TaskOutcome
+from ._registry import Registry, TaskInfo, TaskRecord
+from ._spec import TaskDefaults, TaskSpec
+from ._subscriber import DEFAULT_QUEUE_CAPACITY, as_subscriber
+from ._validate import check_duration, check_int
+
+if TYPE_CHECKING:
+    from ._controller import Controller, ControllerConfig, ControllerSnapshot, ControllerSpec
+
+FORCE_WAIT = 1.0
+"""After a force-stop, how long to wait for a body that swallows cancellation before the
+supervisor stops waiting for it, resolves it ``FORCE_ABORTED`` and moves on."""
+
+TaskKey = TaskId | int | str
+_List = list  # `Supervisor.list` shadows the builtin inside the class body
+
+
+def _check_key(key: object) -> TaskKey:
+    if isinstance(key, bool) or not isinstance(key, int | str):
+        raise TypeError(f"id_or_name must be a TaskId, an int or a str, got {type(key).__name__}")
+    return key
+
+
+class Supervisor:
+    """Runs async task bodies under restart, backoff, timeout and shutdown policies.
+
+    Use ``await sup.run(specs)`` to supervise a batch until it finishes or a signal arrives,
+    or ``async with sup:`` and manage tasks with ``add``/``cancel``/``remove``/``list``.
+    """
+
+    def __init__(
+        self,
+        config: SupervisorConfig | None = None,
+        defaults: TaskDefaults | None = None,
+        subscribers: Iterable[object] = (),
+        controller: ControllerConfig | None = None,
+    ) -> None:
+        config = SupervisorConfig() if config is None else config
+        defaults = TaskDefaults() if defaults is None else defaults
+        if not isinstance(config, SupervisorConfig):
+            raise TypeError(f"config must be a SupervisorConfig, got {type(config).__name__}")
+        if not isinstance(defaults, TaskDefaults):
+            raise TypeError(f"defaults must be a TaskDefaults, got {type(defaults).__name__}")
+        if isinstance(subscribers, str | bytes) or not isinstance(subscribers, Iterable):
+            raise TypeError(
+                f"subscribers must be an iterable of subscribers, got {type(subscribers).__name__}"
+            )
+        self._config = config
+        self._defaults = defaults
+        self._bus = Bus([as_subscriber(s) for s in subscribers])
+        self._controller: Controller | None = None
+        if controller is not None:
+            from ._controller import Controller, ControllerConfig
+
+            if not isinstance(controller, ControllerConfig):
+                raise TypeError(
+                    "controller must be a ControllerConfig or None, "
+                    f"got {type(controller).__name__}"
+                )
+            self._controller = Controller(controller, self)
+        self._registry = Registry()
+        self._slots = SlotPool(config.max_concurrent) if config.max_concurrent is not None else None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None
+        self._closing = False
+        self._running = False
+        self._shutdown_task: asyncio.Task[ShutdownReport] | None = None
+        self._skip_grace: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None  # set whenever a task is cleaned up
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        """Attach to the running loop on first use; refuse calls from any other thread."""
+        loop = self._loop
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(
+                    "the supervisor must be used from inside a running asyncio event loop"
+                ) from None
+            self._loop = loop
+            self._thread = threading.get_ident()
+            self._skip_grace = asyncio.Event()
+            self._changed = asyncio.Event()
+            self._bus.start()
+        elif threading.get_ident() != self._thread:
+            raise RuntimeError(
+                "Supervisor methods must be called from the event loop's thread; "
+                "use loop.call_soon_threadsafe or asyncio.run_coroutine_threadsafe"
+            )
+        return loop
+
+    def _check_thread(self) -> None:
+        if self._thread is not None and threading.get_ident() != self._thread:
+            self._bind()
+
+    async def start(self) -> None:
+        """Start the supervisor on the running loop (``async with`` does this)."""
+        self._bind()
+        if self._closing:
+            raise SupervisorClosed("the supervisor has been shut down")
+
+    async def __aenter__(self) -> Supervisor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.shutdown()
+
+    @property
+    def config(self) -> SupervisorConfig:
+        """The supervisor's settings."""
+        return self._config
+
+    @property
+    def defaults(self) -> TaskDefaults:
+        """What specs inherit."""
+        return self._defaults
+
+    @property
+    def closed(self) -> bool:
+        """Whether shutdown has begun (no more admissions)."""
+        return self._closing
+
+    # ------------------------------------------------------------------ admission
+
+    def _publish(self, event: Event) -> None:
+        self._bus.publish(event)
+
+    def add(self, spec: TaskSpec) -> TaskHandle:
+        """Register ``spec`` and start it; its name must not be registered already."""
+        if not isinstance(spec, TaskSpec):
+            raise TypeError(f"spec must be a TaskSpec, got {type(spec).__name__}")
+        self._bind()
+        if self._closing:
+            raise SupervisorClosed("the supervisor is shutting down; no more tasks are admitted")
+        bus = self._bus
+        if bus.listening:
+            bus.publish(new_event(EventKind.TASK_ADD_REQUESTED, spec.name))
+        if self._registry.has_name(spec.name):
+            self._reject(spec.name, None, RejectionKind.ALREADY_EXISTS)
+            raise TaskAlreadyExists(spec.name)
+        rec = self._register(spec, new_task_id(), None, None)
+        return self._handle(rec.id, rec.name, rec.future)
+
+    def _reject(self, name: str, task_id: TaskId | None, rejection: RejectionKind) -> None:
+        if self._bus.listening:
+            self._bus.publish(
+                new_event(
+                    EventKind.TASK_ADD_FAILED,
+                    name,
+                    task_id,
+                    rejection=rejection,
+                    outcome=OutcomeKind.REJECTED,
+                )
+            )
+
+    def _handle(
+        self, task_id: TaskId, name: str, future: asyncio.Future[TaskOutcome]
+    ) -> TaskHandle:
+        return TaskHandle(task_id, name, future, self.cancel)
+
+    def _register(
+        self,
+        spec: TaskSpec,
+        task_id: TaskId,
+        future: asyncio.Future[TaskOutcome] | None,
+        on_cleanup: Callable[[TaskRecord], None] | None,
+    ) -> TaskRecord:
+        """Register and start one task whose name is known to be free (internal)."""
+        loop = self._loop
+        assert loop is not None
+        if future is None:
+            future = loop.create_future()
+        rec = TaskRecord(task_id, spec.resolve(self._defaults), future, on_cleanup)
+        self._registry.insert(rec)
+        if self._bus.listening:
+            self._bus.publish(new_event(EventKind.TASK_ADDED, rec.name, task_id))
+        runner = loop.create_task(self._run(rec), name=f"taskvisor:{rec.name}")
+        rec.runner = runner
+        return rec
+
+    async def _run(self, rec: TaskRecord) -> None:
+        rec.started = True
+        try:
+            outcome = await drive(rec, self._bus, self._slots)
+        except BaseException as exc:
+            # KeyboardInterrupt/SystemExit (or a bug): resolve the outcome, then let it propagate.
+            self._cleanup(
+                rec,
+                TaskOutcome(OutcomeKind.FAILED, describe(exc), None, exc, attempts=rec.attempt),
+            )
+            raise
+        self._cleanup(rec, outcome)
+
+    def _cleanup(self, rec: TaskRecord, outcome: TaskOutcome) -> None:
+        """The one cleanup of a task; later calls (an abandoned runner ending) do nothing."""
+        if rec.finalized:
+            return
+        rec.finalized = True
+        if rec.timers:
+            for timer in rec.timers:
+                timer.cancel()
+            rec.timers = None
+        if self._slots is not None:
+            self._slots.release(rec)
+        bus = self._bus
+        if bus.listening:
+            bus.publish(
+                new_event(
+                    EventKind.TASK_FINISHED,
+                    rec.name,
+                    rec.id,
+                    outcome=outcome.kind,
+                    reason=outcome.reason,
+                    exit_code=outcome.exit_code,
+                )
+            )
+        self._registry.release(rec)
+        if bus.listening:
+            bus.publish(new_event(EventKind.TASK_REMOVED, rec.name, rec.id))
+        if not rec.future.done():
+            rec.future.set_result(outcome)
+        if rec.on_cleanup is not None:
+            rec.on_cleanup(rec)
+        changed = self._changed
+        if changed is not None:
+            changed.set()
+
+    # ------------------------------------------------------------------ stopping
+
+    def _request_stop(self, rec: TaskRecord) -> bool:
+        """Ask ``rec`` to stop; True only for the request that did it."""
+        if rec.finalized or rec.stop.requested:
+            return False
+        rec.stop.request()
+        if self._bus.listening:
+            self._bus.publish(new_event(EventKind.TASK_REMOVE_REQUESTED, rec.name, rec.id))
+        runner = rec.runner
+        # A runner that has not begun sees the request at its first step; cancelling it now
+        # would skip its coroutine entirely, and with it the cleanup.
+        if rec.started and runner is not None and not runner.done():
+            runner.cancel()
+            loop = self._loop
+            assert loop is not None
+            rec.timers = [loop.call_later(self._config.grace, self._force, rec)]
+        return True
+
+    def _force(self, rec: TaskRecord) -> None:
+        """Grace is over: cancel again, and stop waiting after ``FORCE_WAIT``."""
+        if rec.finalized or rec.forced:
+            return
+        rec.forced = True
+        runner = rec.runner
+        if runner is not None and not runner.done():
+            runner.cancel()
+        loop = self._loop
+        assert loop is not None
+        timer = loop.call_later(FORCE_WAIT, self._abandon, rec)
+        if rec.timers is None:
+            rec.timers = [timer]
+        else:
+            rec.timers.append(timer)
+
+    def _abandon(self, rec: TaskRecord) -> None:
+        """The body swallows cancellation: resolve it ``FORCE_ABORTED`` and let it go."""
+        self._cleanup(rec, stopped_outcome(rec))
+
+    async def cancel(self, id_or_name: TaskKey, timeout: float | None = None) -> bool:
+        """Stop a task and wait for its cleanup; True only for the caller whose request stopped it.
+
+        False for an unknown or finished task, or one whose stop was already requested (that
+        caller still waits). With a ``timeout`` that expires, raises ``TaskTerminationTimeout``;
+        the stop still proceeds. Also finds a queued controller submission.
+        """
+        key = _check_key(id_or_name)
+        t = check_duration("timeout", timeout, allow_none=True)
+        self._check_thread()
+        rec = self._registry.lookup(key)
+        if rec is None:
+            return self._controller.remove_queued(key) if self._controller is not None else False
+        mine = self._request_stop(rec)
+        if not rec.future.done():
+            if t is None:
+                await asyncio.shield(rec.future)
+            else:
+                try:
+                    await asyncio.wait_for(asyncio.shield(rec.future), t)
+                except TimeoutError:
+                    raise TaskTerminationTimeout(rec.id, t) from None
+        return mine
+
+    def remove(self, id_or_name: TaskKey) -> bool:
+        """Request a task's stop without waiting; True only for the request that stopped it."""
+        key = _check_key(id_or_name)
+        self._check_thread()
+        rec = self._registry.lookup(key)
+        if rec is None:
+            return self._controller.remove_queued(key) if self._controller is not None else False
+        return self._request_stop(rec)
+
+    # ------------------------------------------------------------------ reading
+
+    def list(self) -> _List[TaskInfo]:
+        """Every registered task, sorted by id."""
+        self._check_thread()
+        return [rec.info() for rec in self._registry.records()]
+
+    def get(self, id_or_name: TaskKey) -> TaskInfo | None:
+        """The registered task with this id or name, if any."""
+        key = _check_key(id_or_name)
+        self._check_thread()
+        rec = self._registry.lookup(key)
+        return None if rec is None else rec.info()
+
+    def is_alive(self, name: str) -> bool:
+        """Whether a task of this name is registered and not finished."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        self._check_thread()
+        return self._registry.has_name(name)
+
+    def events(self, capacity: int = DEFAULT_QUEUE_CAPACITY) -> EventStream:
+        """An async iterator of every event published from now on; ends after shutdown."""
+        check_int("capacity", capacity, minimum=1)
+        self._check_thread()
+        return self._bus.stream(capacity)
+
+    # ------------------------------------------------------------------ controller
+
+    def submit(self, spec: ControllerSpec) -> TaskHandle:
+        """Hand a ``ControllerSpec`` to the controller; returns its handle at once."""
+        if self._controller is None:
+            raise ControllerNotConfigured("this supervisor was built without a controller")
+        self._bind()
+        if self._closing:
+            raise SupervisorClosed("the supervisor is shutting down; no more tasks are admitted")
+        return self._controller.submit(spec)
+
+    def controller_snapshot(self) -> ControllerSnapshot | None:
+        """The controller's slots and queues, or ``None`` without a controller."""
+        self._check_thread()
+        return None if self._controller is None else self._controller.snapshot()
+
+    # ------------------------------------------------------------------ run & shutdown
+
+    async def run(self, specs: Iterable[TaskSpec]) -> ShutdownReport:
+        """Admit ``specs`` as one batch, wait until every task finished (or a signal, or
+        ``shutdown()``), then shut down and return the report."""
+        if isinstance(specs, TaskSpec) or not isinstance(specs, Iterable):
+            raise TypeError(f"specs must be an iterable of TaskSpec, got {type(specs).__name__}")
+        batch = _List(specs)
+        for i, spec in enumerate(batch):
+            if not isinstance(spec, TaskSpec):
+                raise TypeError(f"specs[{i}] must be a TaskSpec, got {type(spec).__name__}")
+        self._bind()
+        if self._running:
+            raise AlreadyRunning("Supervisor.run is already active")
+        if self._closing:
+            raise SupervisorClosed("the supervisor has been shut down")
+        self._admit_batch(batch)
+        self._running = True
+        restore = self._install_signal_handlers()
+        try:
+            await self._wait_finished()
+            return await self.shutdown()
+        finally:
+            restore()
+            self._running = False
+
+    def _admit_batch(self, batch: _List[TaskSpec]) -> None:
+        bus = self._bus
+        if bus.listening:
+            for spec in batch:
+                bus.publish(new_event(EventKind.TASK_ADD_REQUESTED, spec.name))
+        seen: set[str] = set()
+        conflicts: set[str] = set()
+        first: str | None = None
+        for spec in batch:
+            if spec.name in seen or self._registry.has_name(spec.name):
+                conflicts.add(spec.name)
+                if first is None:
+                    first = spec.name
+            seen.add(spec.name)
+        if first is not None:
+            for spec in batch:
+                kind = (
+                    RejectionKind.ALREADY_EXISTS
+                    if spec.name in conflicts
+                    else RejectionKind.BATCH_REJECTED
+                )
+                self._reject(spec.name, None, kind)
+            raise TaskAlreadyExists(first)
+        for spec in batch:
+            self._register(spec, new_task_id(), None, None)
+
+    def _idle(self) -> bool:
+        return len(self._registry) == 0 and (self._controller is None or self._controller.idle)
+
+    async def _wait_finished(self) -> None:
+        changed = self._changed
+        assert changed is not None
+        while not self._closing and not self._idle():
+            changed.clear()
+            await changed.wait()
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        loop = self._loop
+        if (
+            not self._config.handle_signals
+            or loop is None
+            or threading.current_thread() is not threading.main_thread()
+        ):
+            return lambda: None
+        installed: _List[signal.Signals] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # e.g. Windows
+                continue
+            installed.append(sig)
+
+        def restore() -> None:
+            for sig in installed:
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+
+        return restore
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self._shutdown_task is None:
+            self._begin_shutdown(f"signal {sig.name}")
+        else:
+            assert self._skip_grace is not None
+            self._skip_grace.set()
+
+    def _begin_shutdown(self, reason: str) -> asyncio.Task[ShutdownReport]:
+        if self._shutdown_task is None:
+            loop = self._bind()
+            self._closing = True
+            self._shutdown_task = loop.create_task(
+                self._shutdown(reason), name="taskvisor:shutdown"
+            )
+            assert self._changed is not None
+            self._changed.set()
+        return self._shutdown_task
+
+    async def shutdown(self) -> ShutdownReport:
+        """Stop everything within ``grace`` and drain subscribers; one shared operation.
+
+        The first caller starts it; every caller (and ``run``) gets the same report.
+        """
+        reason = "natural completion" if self._running and self._idle() else "shutdown requested"
+        return await asyncio.shield(self._begin_shutdown(reason))
+
+    async def _shutdown(self, reason: str) -> ShutdownReport:
+        bus = self._bus
+        grace = self._config.grace
+        if bus.listening:
+            bus.publish(new_event(EventKind.SHUTDOWN_REQUESTED, reason=reason))
+        if self._controller is not None:
+            self._controller.close()
+        records = self._registry.records()
+        for rec in records:
+            self._request_stop(rec)
+        pending = [rec for rec in records if not rec.finalized]
+        if pending:
+            assert self._skip_grace is not None
+            waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._all_done(pending))}
+            skip = asyncio.ensure_future(self._skip_grace.wait())
+            waiters.add(skip)
+            await asyncio.wait(waiters, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+        stuck = tuple(sorted(rec.name for rec in pending if not rec.finalized))
+        if stuck:
+            if bus.listening:
+                bus.publish(
+                    new_event(
+                        EventKind.GRACE_EXCEEDED,
+                        reason=f"still running after {grace}s: {', '.join(stuck)}",
+                    )
+                )
+            left = [rec for rec in pending if not rec.finalized]
+            for rec in left:
+                self._force(rec)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_done(left), FORCE_WAIT)
+            for rec in left:
+                self._abandon(rec)
+        elif bus.listening:
+            bus.publish(new_event(EventKind.ALL_STOPPED_WITHIN_GRACE))
+        await bus.close(self._config.subscriber_shutdown_timeout)
+        return ShutdownReport(grace_exceeded=bool(stuck), stuck=stuck, grace=grace)
+
+    @staticmethod
+    async def _all_done(records: _List[TaskRecord]) -> None:
+        for rec in records:
+            if not rec.future.done():
+                await asyncio.shield(rec.future)
