@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 demo: | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
-	$(BIN)/python -m examples.demo
+	$(BIN)/python -m pip install --quiet -e '.[status,prometheus]'
+	$(BIN)/taskvisor run examples/demo.toml
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

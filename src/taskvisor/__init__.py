@@ -5,8 +5,6 @@ and jitter, bounds each attempt with a timeout, caps concurrency, gives every ta
 outcome, shuts down within a grace period and narrates every step as typed events.
 """
 
-from __future__ import annotations
-
 from contextlib import suppress as _suppress
 
 from ._config import ShutdownReport, SupervisorConfig
@@ -38,6 +36,7 @@ from ._registry import TaskInfo, TaskState
 from ._spec import TaskDefaults, TaskSpec
 from ._subscriber import Subscriber
 from ._supervisor import Supervisor
+from ._threaded import threaded
 
 __all__ = [
     "AdmissionPolicy",
@@ -77,6 +76,7 @@ __all__ = [
     "TaskState",
     "TaskTerminationTimeout",
     "TaskvisorError",
+    "threaded",
 ]
 
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from . import _testhooks
 from ._attempt import AttemptEnd, run_attempt
 from ._events import BackoffSource, EventKind, new_event
 from ._fanout import Bus
@@ -28,7 +29,9 @@ def stopped_outcome(rec: TaskRecord) -> TaskOutcome:
             "force-stopped after the grace period",
             attempts=rec.attempt,
         )
-    return TaskOutcome(OutcomeKind.CANCELED, "stopped on request", attempts=rec.attempt)
+    # A CancelledError nobody requested (the body's own, or the loop's) is a cooperative stop.
+    reason = "stopped on request" if rec.stop.requested else "cancelled without a stop request"
+    return TaskOutcome(OutcomeKind.CANCELED, reason, attempts=rec.attempt)
 
 
 class SlotPool:
@@ -111,6 +114,8 @@ async def drive(rec: TaskRecord, bus: Bus, slots: SlotPool | None) -> TaskOutcom
                     )
                 delay = backoff.delay(streak - 1, previous_delay)
                 previous_delay = delay
+                if _testhooks.zero_backoff:  # taskvisor.testing.no_backoff()
+                    delay = 0.0
                 source = BackoffSource.FAILURE
                 reason = result.reason
             rec.state = TaskState.BACKOFF

@@ -66,65 +66,76 @@ async def run_attempt(rec: TaskRecord, bus: Bus) -> AttemptResult:
     if bus.listening:
         bus.publish(new_event(EventKind.ATTEMPT_STARTING, rec.name, rec.id, attempt=attempt))
     started = time.perf_counter()
-    timeout = spec.timeout
-    deadline: asyncio.Timeout | None = None
+    rec.attempt_started = started  # cleared below once the attempt is over
     try:
-        if spec.takes_context:
-            awaitable = spec.fn(TaskContext(rec.id, rec.name, attempt, rec.stop))
-        else:
-            awaitable = spec.fn()
-        if timeout is None:
-            await awaitable
-        else:
-            async with asyncio.timeout(timeout) as deadline:
+        timeout = spec.timeout
+        deadline: asyncio.Timeout | None = None
+        try:
+            if spec.takes_context:
+                awaitable = spec.fn(TaskContext(rec.id, rec.name, attempt, rec.stop))
+            else:
+                awaitable = spec.fn()
+            if timeout is None:
                 await awaitable
-    except asyncio.CancelledError:
-        result = CANCELED
+            else:
+                async with asyncio.timeout(timeout) as deadline:
+                    await awaitable
+        except asyncio.CancelledError:
+            result = CANCELED
+            if bus.listening and not rec.finalized:
+                bus.publish(
+                    new_event(
+                        EventKind.ATTEMPT_CANCELED,
+                        rec.name,
+                        rec.id,
+                        attempt=attempt,
+                        duration=time.perf_counter() - started,
+                    )
+                )
+            return result
+        except TimeoutError as exc:
+            duration = time.perf_counter() - started
+            if deadline is not None and deadline.expired():
+                reason = f"attempt timed out after {timeout}s"
+                if bus.listening and not rec.finalized:
+                    bus.publish(
+                        new_event(
+                            EventKind.ATTEMPT_TIMED_OUT,
+                            rec.name,
+                            rec.id,
+                            attempt=attempt,
+                            duration=duration,
+                            timeout=timeout,
+                        )
+                    )
+                return AttemptResult(AttemptEnd.TIMED_OUT, reason, None, exc)
+            return _failed(rec, bus, attempt, duration, exc)
+        except Exception as exc:
+            return _failed(rec, bus, attempt, time.perf_counter() - started, exc)
         if bus.listening and not rec.finalized:
             bus.publish(
                 new_event(
-                    EventKind.ATTEMPT_CANCELED,
+                    EventKind.ATTEMPT_SUCCEEDED,
                     rec.name,
                     rec.id,
                     attempt=attempt,
                     duration=time.perf_counter() - started,
                 )
             )
-        return result
-    except TimeoutError as exc:
-        duration = time.perf_counter() - started
-        if deadline is not None and deadline.expired():
-            reason = f"attempt timed out after {timeout}s"
-            if bus.listening and not rec.finalized:
-                bus.publish(
-                    new_event(
-                        EventKind.ATTEMPT_TIMED_OUT,
-                        rec.name,
-                        rec.id,
-                        attempt=attempt,
-                        duration=duration,
-                        timeout=timeout,
-                    )
-                )
-            return AttemptResult(AttemptEnd.TIMED_OUT, reason, None, exc)
-        return _failed(rec, bus, attempt, duration, exc)
-    except Exception as exc:
-        return _failed(rec, bus, attempt, time.perf_counter() - started, exc)
-    if bus.listening and not rec.finalized:
-        bus.publish(
-            new_event(
-                EventKind.ATTEMPT_SUCCEEDED,
-                rec.name,
-                rec.id,
-                attempt=attempt,
-                duration=time.perf_counter() - started,
-            )
-        )
-    return SUCCEEDED
+        return SUCCEEDED
+    except BaseException as exc:
+        # KeyboardInterrupt, SystemExit or another BaseException subclass: report the attempt
+        # (exactly one terminal event), never swallow. GeneratorExit is the coroutine being
+        # closed, not an end of the body.
+        if not isinstance(exc, GeneratorExit):
+            _failed(rec, bus, attempt, time.perf_counter() - started, exc)
+        raise
+    finally:
+        rec.attempt_started = None
 
 
 def _failed(
-    rec: TaskRecord, bus: Bus, attempt: int, duration: float, exc: Exception
+    rec: TaskRecord, bus: Bus, attempt: int, duration: float, exc: BaseException
 ) -> AttemptResult:
     reason = describe(exc)
     exit_code = exc.exit_code if isinstance(exc, TaskError) else None

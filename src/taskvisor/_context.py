@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 
 
 class TaskId(int):
@@ -14,6 +15,9 @@ class TaskId(int):
 
     def __repr__(self) -> str:
         return f"TaskId({int(self)})"
+
+    # Without this, ``str()`` and f-strings fall back to ``__repr__`` and read "TaskId(3)".
+    __str__ = int.__repr__
 
 
 _next_id = itertools.count(1).__next__
@@ -96,6 +100,10 @@ class TaskContext:
 
     async def sleep(self, seconds: float) -> None:
         """Sleep ``seconds``; raise ``asyncio.CancelledError`` at once if a stop is requested."""
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise TypeError(f"seconds must be a number, got {type(seconds).__name__}")
+        if math.isnan(seconds):
+            raise ValueError("seconds must not be NaN")
         if self._stop.requested:
             raise asyncio.CancelledError("task stop requested")
         if seconds <= 0:

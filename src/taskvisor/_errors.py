@@ -48,6 +48,10 @@ class TaskAlreadyExists(TaskvisorError):
         super().__init__(f"a task named {name!r} is already registered")
         self.name = name
 
+    def __reduce__(self) -> tuple[type[TaskAlreadyExists], tuple[str]]:
+        # ``args`` holds the message, not the constructor's arguments: rebuild from ``name``.
+        return type(self), (self.name,)
+
 
 class SupervisorClosed(TaskvisorError):
     """The supervisor's shutdown has begun; it admits nothing more."""
@@ -64,6 +68,10 @@ class TaskTerminationTimeout(TaskvisorError):
         super().__init__(f"task {task_id} did not finish within {timeout}s of its stop request")
         self.task_id = task_id
         self.timeout = timeout
+
+    def __reduce__(self) -> tuple[type[TaskTerminationTimeout], tuple[int, float]]:
+        # ``args`` holds the message, not the constructor's arguments (pickle, copy).
+        return type(self), (self.task_id, self.timeout)
 
 
 class ControllerNotConfigured(TaskvisorError):

@@ -70,10 +70,27 @@ class Event:
     rejection: RejectionKind | None = None
     slot: str | None = None
 
+    def __getattr__(self, name: str) -> None:
+        # Only reached for a field ``new_event`` left unset (see there): it reads as None.
+        if name in _OPTIONAL_FIELDS:
+            return None
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     @property
     def is_diagnostic(self) -> bool:
         """Whether this event reports on the fan-out itself (panic or overflow)."""
         return self.kind in DIAGNOSTIC_KINDS
+
+
+_OPTIONAL_FIELDS = frozenset(Event.__slots__) - {"seq", "at", "kind"}
+_slot_setter = {name: Event.__dict__[name].__set__ for name in Event.__slots__}
+(
+    _set_seq, _set_at, _set_kind, _set_task, _set_task_id, _set_attempt, _set_reason,
+    _set_exit_code, _set_delay, _set_timeout, _set_duration, _set_backoff_source,
+    _set_outcome, _set_rejection, _set_slot,
+) = (_slot_setter[name] for name in Event.__slots__)  # fmt: skip
+_new = object.__new__
+_time = time.time
 
 
 def new_event(
@@ -92,21 +109,39 @@ def new_event(
     rejection: RejectionKind | None = None,
     slot: str | None = None,
 ) -> Event:
-    """Build an event stamped with the next process-wide ``seq`` and the wall clock."""
-    return Event(
-        _next_seq(),
-        time.time(),
-        kind,
-        task,
-        task_id,
-        attempt,
-        reason,
-        exit_code,
-        delay,
-        timeout,
-        duration,
-        backoff_source,
-        outcome,
-        rejection,
-        slot,
-    )
+    """Build an event stamped with the next process-wide ``seq`` and the wall clock.
+
+    The hot path of every publication, so it skips the frozen dataclass ``__init__`` (which
+    costs ~1.8 µs for 15 fields) and stores only the fields given: an unset field reads as
+    ``None`` through ``Event.__getattr__``. Equality, hashing, ``repr`` and pickling see the
+    same values as for an ``Event`` built by its constructor.
+    """
+    ev = _new(Event)
+    _set_seq(ev, _next_seq())
+    _set_at(ev, _time())
+    _set_kind(ev, kind)
+    if task is not None:
+        _set_task(ev, task)
+    if task_id is not None:
+        _set_task_id(ev, task_id)
+    if attempt is not None:
+        _set_attempt(ev, attempt)
+    if reason is not None:
+        _set_reason(ev, reason)
+    if exit_code is not None:
+        _set_exit_code(ev, exit_code)
+    if delay is not None:
+        _set_delay(ev, delay)
+    if timeout is not None:
+        _set_timeout(ev, timeout)
+    if duration is not None:
+        _set_duration(ev, duration)
+    if backoff_source is not None:
+        _set_backoff_source(ev, backoff_source)
+    if outcome is not None:
+        _set_outcome(ev, outcome)
+    if rejection is not None:
+        _set_rejection(ev, rejection)
+    if slot is not None:
+        _set_slot(ev, slot)
+    return ev

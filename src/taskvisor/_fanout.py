@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 from ._events import DIAGNOSTIC_KINDS, Event, EventKind, new_event
-from ._subscriber import DEFAULT_QUEUE_CAPACITY, SubscriberRef
+from ._subscriber import DEFAULT_QUEUE_CAPACITY, EventCallback, SubscriberRef
 
 
 class _Channel:
@@ -53,18 +52,17 @@ class Bus:
 
     def __init__(self, subscribers: list[SubscriberRef]) -> None:
         self._refs = subscribers
-        self._channels: tuple[_Channel, ...] = tuple(
-            _Channel(ref.name, ref.capacity) for ref in subscribers
-        )
+        # The subscribers' own channels; ``_channels`` (what ``publish`` offers to) also holds
+        # the ``EventStream`` channels, which may be added before ``start``.
+        self._sub_channels = tuple(_Channel(ref.name, ref.capacity) for ref in subscribers)
+        self._channels: tuple[_Channel, ...] = self._sub_channels
+        self.listening = bool(self._channels)
+        """Whether any queue would receive an event: publishers skip building events when not.
+        A plain attribute (read several times per attempt), kept equal to ``bool(_channels)``."""
         self._workers: list[asyncio.Task[None]] = []
         self._executors: list[ThreadPoolExecutor] = []
         self._started = False
         self._closed: asyncio.Future[None] | None = None
-
-    @property
-    def listening(self) -> bool:
-        """Whether any queue would receive an event (skip building events when not)."""
-        return bool(self._channels)
 
     def start(self) -> None:
         """Spawn one worker per subscriber on the running loop. Idempotent."""
@@ -72,7 +70,7 @@ class Bus:
             return
         self._started = True
         loop = asyncio.get_running_loop()
-        for ref, ch in zip(self._refs, self._channels, strict=True):
+        for ref, ch in zip(self._refs, self._sub_channels, strict=True):
             executor = None
             if ref.blocking:
                 executor = ThreadPoolExecutor(1, thread_name_prefix=f"taskvisor-{ref.name}")
@@ -113,26 +111,33 @@ class Bus:
         call = ref.call
         try:
             while True:
+                if executor is not None and queue:
+                    # One thread hop per batch, not per event (a hop costs ~40 µs). The batch
+                    # stays in the queue until handled, so the capacity bound stays exact.
+                    batch = list(queue)
+                    failures = await loop.run_in_executor(executor, _deliver, call, batch)
+                    for _ in batch:
+                        queue.popleft()
+                    for event, exc in failures:
+                        self._panicked(ref, event, exc)
+                    continue
                 while queue:
                     event = queue.popleft()
                     try:
-                        if executor is not None:
-                            await loop.run_in_executor(executor, call, event)
-                        elif ref.is_async:
+                        if ref.is_async:
                             await call(event)
                         else:
                             result = call(event)
                             if result is not None and inspect.isawaitable(result):
                                 await result
                     except Exception as exc:  # a subscriber's bug must not stop its worker
-                        if event.kind not in DIAGNOSTIC_KINDS:
-                            self.publish(
-                                new_event(
-                                    EventKind.SUBSCRIBER_PANICKED,
-                                    ref.name,
-                                    reason=f"{type(exc).__name__}: {exc}",
-                                )
-                            )
+                        self._panicked(ref, event, exc)
+                    except asyncio.CancelledError as exc:
+                        task = asyncio.current_task()
+                        if task is None or task.cancelling():
+                            raise  # the worker itself is being cancelled (close timed out)
+                        # on_event let a CancelledError of its own escape: a bug like any other
+                        self._panicked(ref, event, exc)
                 if ch.closing:
                     return
                 ch.waiter = loop.create_future()
@@ -141,6 +146,14 @@ class Bus:
             ch.closed = True
             queue.clear()
 
+    def _panicked(self, ref: SubscriberRef, event: Event, exc: BaseException) -> None:
+        if event.kind not in DIAGNOSTIC_KINDS:
+            self.publish(
+                new_event(
+                    EventKind.SUBSCRIBER_PANICKED, ref.name, reason=f"{type(exc).__name__}: {exc}"
+                )
+            )
+
     def stream(self, capacity: int = DEFAULT_QUEUE_CAPACITY) -> EventStream:
         """Subscribe an async iterator now; it ends once the bus is closed and drained."""
         ch = _Channel("events", max(1, capacity))
@@ -148,12 +161,14 @@ class Bus:
             ch.closing = True
         else:
             self._channels = (*self._channels, ch)
+            self.listening = True
         return EventStream(self, ch)
 
     def _unsubscribe(self, ch: _Channel) -> None:
         ch.closed = True
         ch.queue.clear()
         self._channels = tuple(c for c in self._channels if c is not ch)
+        self.listening = bool(self._channels)
         ch.wake()
 
     async def close(self, timeout: float) -> None:
@@ -163,13 +178,14 @@ class Bus:
             return
         self._closed = asyncio.get_running_loop().create_future()
         try:
-            deadline = time.monotonic() + timeout
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
             for ch in self._channels:
                 ch.closing = True
                 ch.wake()
             pending = [w for w in self._workers if not w.done()]
             if pending:
-                remaining = max(0.0, deadline - time.monotonic())
+                remaining = max(0.0, deadline - loop.time())
                 _, still = await asyncio.wait(pending, timeout=remaining)
                 for w in still:
                     w.cancel()
@@ -177,8 +193,24 @@ class Bus:
                     await asyncio.wait(still, timeout=0.1)
             for executor in self._executors:
                 executor.shutdown(wait=False, cancel_futures=True)
+            # A worker whose on_event swallows the cancellation may still be running: its
+            # subscriber gets nothing more all the same (later publishes report "closed").
+            for ch in self._sub_channels:
+                ch.closed = True
+                ch.queue.clear()
         finally:
             self._closed.set_result(None)
+
+
+def _deliver(call: EventCallback, batch: list[Event]) -> list[tuple[Event, Exception]]:
+    """Run in a blocking subscriber's thread: hand it a batch, collect what it raised."""
+    failures: list[tuple[Event, Exception]] = []
+    for event in batch:
+        try:
+            call(event)
+        except Exception as exc:  # reported as SUBSCRIBER_PANICKED back on the loop
+            failures.append((event, exc))
+    return failures
 
 
 class EventStream:
@@ -206,6 +238,7 @@ class EventStream:
             if ch.queue:
                 return ch.queue.popleft()
             if ch.closing or ch.closed:
+                self._finalizer()  # ended: stop receiving what is published after the close
                 raise StopAsyncIteration
             ch.waiter = asyncio.get_running_loop().create_future()
             try:

@@ -1,12 +1,13 @@
 """Restart and backoff policies: what happens after an attempt, and how long to wait."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: the exported classes' ``__module__`` reads
+# ``taskvisor``, so their field annotations must be real objects for ``get_type_hints``.
 
 import enum
 import math
 import random
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from ._validate import check_duration
 
@@ -41,8 +42,8 @@ class RestartPolicy:
     mode: RestartMode
     interval: float | None = None
 
-    NEVER: ClassVar[RestartPolicy]
-    ON_FAILURE: ClassVar[RestartPolicy]
+    NEVER: ClassVar["RestartPolicy"]
+    ON_FAILURE: ClassVar["RestartPolicy"]
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, RestartMode):
@@ -55,7 +56,7 @@ class RestartPolicy:
             )
 
     @classmethod
-    def always(cls, interval: float | None = None) -> RestartPolicy:
+    def always(cls, interval: float | None = None) -> Self:
         """Run again after every attempt; wait ``interval`` seconds after a success."""
         return cls(RestartMode.ALWAYS, interval)
 
@@ -109,7 +110,7 @@ class BackoffPolicy:
         object.__setattr__(self, "factor", factor)
 
     @classmethod
-    def constant(cls, delay: float) -> BackoffPolicy:
+    def constant(cls, delay: float) -> Self:
         """Exactly ``delay`` seconds before every retry (factor 1, no jitter)."""
         d = check_duration("delay", delay)
         assert d is not None
@@ -123,12 +124,14 @@ class BackoffPolicy:
         factor: float = 2.0,
         max: float = 30.0,
         jitter: JitterPolicy = JitterPolicy.EQUAL,
-    ) -> BackoffPolicy:
+    ) -> Self:
         """Delays growing by ``factor`` from ``first`` up to ``max``, with ``jitter``."""
         return cls(first=first, max=max, factor=factor, jitter=jitter)
 
     def base(self, retry: int) -> float:
         """The un-jittered delay of retry ``retry`` (0 for the first retry of a streak)."""
+        if self.first == 0.0:
+            return 0.0  # 0 × factor**i is 0 for every i, even where factor**i overflows
         if self.factor == 1.0 or retry <= 0:
             return min(self.first, self.max)
         try:

@@ -50,6 +50,7 @@ class TaskRecord:
 
     __slots__ = (
         "attempt",
+        "attempt_started",
         "finalized",
         "forced",
         "future",
@@ -80,6 +81,8 @@ class TaskRecord:
         self.on_cleanup = on_cleanup
         self.state = TaskState.WAITING
         self.attempt = 0
+        # perf_counter() at the start of the attempt in flight; None once its terminal event is out
+        self.attempt_started: float | None = None
         self.last_error: str | None = None
         self.stop = StopSignal()
         self.runner: asyncio.Task[None] | None = None

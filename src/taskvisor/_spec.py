@@ -1,21 +1,20 @@
 """What to run and how: ``TaskSpec``, the supervisor-wide ``TaskDefaults``, and their merge."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: the exported classes' ``__module__`` reads
+# ``taskvisor``, so their field annotations must be real objects for ``get_type_hints``.
 
 import enum
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Self
 
+from ._context import TaskContext
 from ._policies import BackoffPolicy, RestartPolicy
 from ._validate import check_duration, check_int, check_name
 
-if TYPE_CHECKING:
-    from ._context import TaskContext
-
-TaskFn = Callable[["TaskContext"], Awaitable[Any]] | Callable[[], Awaitable[Any]]
+TaskFn = Callable[[TaskContext], Awaitable[Any]] | Callable[[], Awaitable[Any]]
 """A task body: an ``async def`` taking a ``TaskContext`` or nothing."""
 
 
@@ -105,6 +104,19 @@ class TaskDefaults:
 
 
 @dataclass(frozen=True, slots=True)
+class ResolvedSpec:
+    """A spec after admission: nothing left to inherit (internal)."""
+
+    name: str
+    fn: Callable[..., Awaitable[Any]]
+    takes_context: bool
+    restart: RestartPolicy
+    backoff: BackoffPolicy
+    timeout: float | None
+    max_retries: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class TaskSpec:
     """A named async body plus its policies; keywords left out inherit ``TaskDefaults``."""
 
@@ -154,7 +166,7 @@ class TaskSpec:
         backoff: BackoffPolicy | _Unset = UNSET,
         timeout: float | _Unset | None = UNSET,
         max_retries: int | _Unset | None = UNSET,
-    ) -> TaskSpec:
+    ) -> Self:
         """A task that runs one attempt (restart ``NEVER``)."""
         return cls(
             name,
@@ -174,7 +186,7 @@ class TaskSpec:
         backoff: BackoffPolicy | _Unset = UNSET,
         timeout: float | _Unset | None = UNSET,
         max_retries: int | _Unset | None = UNSET,
-    ) -> TaskSpec:
+    ) -> Self:
         """A task retried after failures until it succeeds (restart ``ON_FAILURE``)."""
         return cls(
             name,
@@ -195,7 +207,7 @@ class TaskSpec:
         backoff: BackoffPolicy | _Unset = UNSET,
         timeout: float | _Unset | None = UNSET,
         max_retries: int | _Unset | None = UNSET,
-    ) -> TaskSpec:
+    ) -> Self:
         """A task run again ``every`` seconds after each success (restart ``always``)."""
         interval = check_duration("every", every, positive=True)
         return cls(
@@ -218,16 +230,3 @@ class TaskSpec:
             timeout=defaults.timeout if self.timeout is UNSET else self.timeout,
             max_retries=defaults.max_retries if self.max_retries is UNSET else self.max_retries,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class ResolvedSpec:
-    """A spec after admission: nothing left to inherit (internal)."""
-
-    name: str
-    fn: Callable[..., Awaitable[Any]]
-    takes_context: bool
-    restart: RestartPolicy
-    backoff: BackoffPolicy
-    timeout: float | None
-    max_retries: int | None

@@ -61,6 +61,8 @@ def as_subscriber(obj: object) -> SubscriberRef:
     if isinstance(obj, type):
         raise TypeError(f"subscriber must be an instance, got the class {obj.__name__}")
     on_event = getattr(obj, "on_event", None)
+    if getattr(on_event, "__func__", None) is Subscriber.on_event:
+        raise TypeError(f"subscriber {type(obj).__name__} must override on_event(event)")
     if callable(on_event):
         call: EventCallback = on_event
         default_name = type(obj).__name__

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ from ._errors import (
 from ._events import Event, EventKind, new_event
 from ._fanout import Bus, EventStream
 from ._outcome import OutcomeKind, RejectionKind, TaskHandle, TaskOutcome
-from ._registry import Registry, TaskInfo, TaskRecord
+from ._registry import Registry, TaskInfo, TaskRecord, TaskState
 from ._spec import TaskDefaults, TaskSpec
 from ._subscriber import DEFAULT_QUEUE_CAPACITY, as_subscriber
 from ._validate import check_duration, check_int
@@ -217,12 +218,16 @@ class Supervisor:
         try:
             outcome = await drive(rec, self._bus, self._slots)
         except BaseException as exc:
-            # KeyboardInterrupt/SystemExit (or a bug): resolve the outcome, then let it propagate.
+            # Resolve the outcome first. KeyboardInterrupt/SystemExit (or a bug of ours) then
+            # propagate, as Python does; any other BaseException the body raised is kept in the
+            # outcome's ``error``: re-raising it would leave it in this runner task, unretrieved.
             self._cleanup(
                 rec,
                 TaskOutcome(OutcomeKind.FAILED, describe(exc), None, exc, attempts=rec.attempt),
             )
-            raise
+            if isinstance(exc, KeyboardInterrupt | SystemExit | Exception):
+                raise
+            return
         self._cleanup(rec, outcome)
 
     def _cleanup(self, rec: TaskRecord, outcome: TaskOutcome) -> None:
@@ -284,7 +289,9 @@ class Supervisor:
             return
         rec.forced = True
         runner = rec.runner
-        if runner is not None and not runner.done():
+        # A runner that has not begun would die before its first line, skipping its cleanup;
+        # it sees the stop request at its first step instead.
+        if rec.started and runner is not None and not runner.done():
             runner.cancel()
         loop = self._loop
         assert loop is not None
@@ -296,6 +303,23 @@ class Supervisor:
 
     def _abandon(self, rec: TaskRecord) -> None:
         """The body swallows cancellation: resolve it ``FORCE_ABORTED`` and let it go."""
+        if rec.finalized:
+            return
+        started = rec.attempt_started
+        if started is not None:
+            # The attempt never ends on its own terms: close it here, so that every
+            # ATTEMPT_STARTING still gets exactly one terminal event.
+            rec.attempt_started = None
+            if self._bus.listening:
+                self._bus.publish(
+                    new_event(
+                        EventKind.ATTEMPT_CANCELED,
+                        rec.name,
+                        rec.id,
+                        attempt=rec.attempt,
+                        duration=time.perf_counter() - started,
+                    )
+                )
         self._cleanup(rec, stopped_outcome(rec))
 
     async def cancel(self, id_or_name: TaskKey, timeout: float | None = None) -> bool:
@@ -352,6 +376,16 @@ class Supervisor:
         self._check_thread()
         return self._registry.has_name(name)
 
+    def state_counts(self) -> dict[TaskState, int]:
+        """How many registered tasks are in each ``TaskState`` (every state present).
+
+        Read-only and safe from any thread (a metrics scrape): it reads a copy of the registry.
+        """
+        counts = dict.fromkeys(TaskState, 0)
+        for rec in self._registry:  # iterating the registry copies its records atomically
+            counts[rec.info().state] += 1
+        return counts
+
     def events(self, capacity: int = DEFAULT_QUEUE_CAPACITY) -> EventStream:
         """An async iterator of every event published from now on; ends after shutdown."""
         check_int("capacity", capacity, minimum=1)
@@ -394,7 +428,19 @@ class Supervisor:
         self._running = True
         restore = self._install_signal_handlers()
         try:
-            await self._wait_finished()
+            try:
+                await self._wait_finished()
+            except asyncio.CancelledError:
+                # Like a task group: a cancelled run leaves no task behind. Shut down (a
+                # second cancellation skips the rest of the grace period), then re-raise.
+                shutting = self._begin_shutdown("run cancelled")
+                while not shutting.done():
+                    try:
+                        await asyncio.shield(shutting)
+                    except asyncio.CancelledError:
+                        assert self._skip_grace is not None
+                        self._skip_grace.set()
+                raise
             return await self.shutdown()
         finally:
             restore()
@@ -444,18 +490,25 @@ class Supervisor:
             or threading.current_thread() is not threading.main_thread()
         ):
             return lambda: None
-        installed: _List[signal.Signals] = []
+        installed: _List[tuple[signal.Signals, Any]] = []
         for sig in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(sig)
+            if getattr(previous, "__module__", "").startswith("asyncio"):
+                previous = None  # another loop's internal handler: nothing of ours to give back
             try:
                 loop.add_signal_handler(sig, self._on_signal, sig)
             except (NotImplementedError, RuntimeError, ValueError):  # e.g. Windows
                 continue
-            installed.append(sig)
+            installed.append((sig, previous))
 
         def restore() -> None:
-            for sig in installed:
+            for sig, previous in installed:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
+                    # remove_signal_handler resets to the default action: give back the
+                    # application's own Python-level handler.
+                    if previous is not None:
+                        signal.signal(sig, previous)
 
         return restore
 
@@ -504,7 +557,9 @@ class Supervisor:
             await asyncio.wait(waiters, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
-        stuck = tuple(sorted(rec.name for rec in pending if not rec.finalized))
+        # A task's own force timer (armed by its stop request) can fire just before this wait
+        # ends and finish it FORCE_ABORTED: it was still running at the end of grace too.
+        stuck = tuple(sorted(rec.name for rec in pending if rec.forced or not rec.finalized))
         if stuck:
             if bus.listening:
                 bus.publish(
