@@ -156,11 +156,27 @@ def toml_str(text: str) -> str:
 
 
 def group_gone(pgid: int) -> bool:
+    """Whether nothing of process group ``pgid`` still runs.
+
+    A group that is left with zombies only counts as gone: they are dead, waiting for init
+    (their parent once orphaned) to collect them, which this machine's init does only every
+    couple of seconds.
+    """
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return True
-    return False
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[2]) == pgid:
+                members.append(fields[0])
+    return all(state in ("Z", "X") for state in members)
 
 
 GOOD = f"""

@@ -27,21 +27,43 @@ def py(code: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(code)]
 
 
+def proc_state(pid: int) -> str | None:
+    """The state letter of ``pid`` from ``/proc`` (``"Z"`` for a zombie), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return None
+    return stat[stat.rfind(")") + 2 :].split()[0]
+
+
 def group_gone(pgid: int) -> bool:
-    """Whether no process is left in the process group ``pgid``."""
+    """Whether nothing of process group ``pgid`` still runs.
+
+    A group that is left with zombies only counts as gone: they are dead, waiting for init
+    (their parent once orphaned) to collect them, which this machine's init does only every
+    couple of seconds.
+    """
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return True
-    return False
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[2]) == pgid:
+                members.append(fields[0])
+    return all(state in ("Z", "X") for state in members)
 
 
 def pid_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+    """Whether ``pid`` no longer runs (gone, or a zombie waiting to be collected)."""
+    return proc_state(pid) in (None, "Z", "X")
 
 
 class Lines(logging.Handler):

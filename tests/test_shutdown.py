@@ -240,6 +240,13 @@ async def test_a_body_swallowing_cancellation_forever_never_hangs_shutdown(
         assert not sup.is_alive("s1")
         removed = {e.task for e in recorder.of(K.TASK_REMOVED)}
         assert removed == {"s1", "s2"}
+        # The abandoned attempts are still closed by exactly one terminal event each.
+        for name in ("s1", "s2"):
+            assert [e.kind for e in recorder.of(task=name)][-3:] == [
+                K.ATTEMPT_CANCELED,
+                K.TASK_FINISHED,
+                K.TASK_REMOVED,
+            ]
     finally:
         release.set()
 

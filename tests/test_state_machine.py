@@ -619,6 +619,12 @@ class SupervisorMachine(RuleBasedStateMachine):
         data generation that does not depend on timing); they are mapped onto what exists.
         """
         ids = sorted(self.tracked)
+        if choice.startswith("queued"):
+            queued = sorted(self.queued(), key=lambda t: int(t.handle.id))
+            if not queued:
+                return name
+            t = queued[index % len(queued)]
+            return int(t.handle.id) if choice == "queued-id" else t.handle.name
         if choice == "unknown-id" or (choice == "id" and not ids):
             return 10**12
         if choice == "unknown-name" or not ids:
@@ -627,7 +633,9 @@ class SupervisorMachine(RuleBasedStateMachine):
         return task_id if choice == "id" else self.tracked[task_id].handle.name
 
     @rule(
-        choice=st.sampled_from(["name", "id", "id", "unknown-id", "unknown-name"]),
+        choice=st.sampled_from(
+            ["name", "id", "id", "queued-id", "queued-name", "unknown-id", "unknown-name"]
+        ),
         index=st.integers(min_value=0, max_value=63),
         name=st.sampled_from(NAMES),
         how=st.sampled_from(["remove", "cancel", "handle", "background", "timeout"]),
