@@ -1,16 +1,19 @@
 """The loop around attempts of one task: concurrency slot, restart policy, backoff, budget.
 
-It returns the task's outcome; the supervisor's cleanup (``_supervisor.py``) publishes
-``TASK_FINISHED``/``TASK_REMOVED``, releases the name and resolves the handle.
+``drive`` is the task's runner coroutine. It decides the outcome and hands it to the
+supervisor's cleanup (``_supervisor.py``), which publishes ``TASK_FINISHED``/``TASK_REMOVED``,
+releases the name and resolves the handle.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
+from . import _attempt as attempt
 from . import _testhooks
-from ._attempt import AttemptEnd, run_attempt
+from ._attempt import AttemptEnd, describe
 from ._events import BackoffSource, EventKind, new_event
 from ._fanout import Bus
 from ._outcome import OutcomeKind, TaskOutcome
@@ -53,85 +56,139 @@ class SlotPool:
             self._sem.release()
 
 
-async def drive(rec: TaskRecord, bus: Bus, slots: SlotPool | None) -> TaskOutcome:
-    """Run ``rec``'s attempts until its policy, its budget or a stop request ends it."""
+Finish = Callable[[TaskRecord, TaskOutcome], None]
+
+
+async def drive(rec: TaskRecord, bus: Bus, slots: SlotPool | None, finish: Finish) -> None:
+    """The runner of one task: attempts until its policy, budget or a stop ends it.
+
+    The one coroutine per task (attempts are awaited inline, see ``_attempt``); it hands the
+    outcome to ``finish`` (the supervisor's cleanup).
+    """
+    rec.started = True
     spec = rec.spec
     restart = spec.restart
+    always = restart.mode is RestartMode.ALWAYS
     backoff = spec.backoff
     max_retries = spec.max_retries
+    timeout = spec.timeout
     streak = 0
     previous_delay: float | None = None
+    outcome: TaskOutcome
     try:
         while True:
             if rec.stop.requested:
-                return stopped_outcome(rec)
+                outcome = stopped_outcome(rec)
+                break
             if slots is not None:
                 rec.state = TaskState.WAITING
                 await slots.acquire(rec)
                 if rec.stop.requested:
                     slots.release(rec)
-                    return stopped_outcome(rec)
+                    outcome = stopped_outcome(rec)
+                    break
             started = time.monotonic()
+            deadline: asyncio.Timeout | None = None
             try:
-                result = await run_attempt(rec, bus)
-            finally:
-                if slots is not None:
-                    slots.release(rec)
-            end = result.end
-            if end is AttemptEnd.CANCELED or rec.stop.requested:
-                return stopped_outcome(rec)
-            if end is AttemptEnd.SUCCEEDED:
+                try:
+                    body = attempt.begin(rec, bus)
+                    if timeout is None:
+                        await body
+                    else:
+                        async with asyncio.timeout(timeout) as deadline:
+                            await body
+                finally:
+                    if slots is not None:
+                        slots.release(rec)
+            except asyncio.CancelledError:
+                attempt.canceled(rec, bus)
+                outcome = stopped_outcome(rec)
+                break
+            except Exception as exc:
+                result = attempt.failed(rec, bus, exc, deadline)
+            except BaseException as exc:
+                # KeyboardInterrupt, SystemExit, another BaseException: one terminal event,
+                # then it propagates (never swallowed, never retried). GeneratorExit is the
+                # coroutine being closed, not an end of the body.
+                if not isinstance(exc, GeneratorExit):
+                    attempt.failed(rec, bus, exc, None)
+                raise
+            else:
+                attempt.succeeded(rec, bus)
+                if rec.stop.requested:
+                    outcome = stopped_outcome(rec)
+                    break
                 streak = 0
                 previous_delay = None
-                if restart.mode is not RestartMode.ALWAYS:
-                    return TaskOutcome(OutcomeKind.COMPLETED, attempts=rec.attempt)
+                if not always:
+                    outcome = TaskOutcome(OutcomeKind.COMPLETED, attempts=rec.attempt)
+                    break
                 if restart.interval is not None:
                     delay = restart.interval
                 else:
                     delay = max(0.0, started + _MIN_RESTART_SPACING - time.monotonic())
-                source = BackoffSource.SUCCESS
-                reason = None
-            else:
-                rec.last_error = result.reason
-                if end is AttemptEnd.FATAL:
-                    return TaskOutcome(
-                        OutcomeKind.FATAL,
-                        result.reason,
-                        result.exit_code,
-                        result.error,
-                        attempts=rec.attempt,
-                    )
-                streak += 1
-                if restart.mode is RestartMode.NEVER or (
-                    max_retries is not None and streak > max_retries
-                ):
-                    return TaskOutcome(
-                        OutcomeKind.FAILED,
-                        result.reason,
-                        result.exit_code,
-                        result.error,
-                        attempts=rec.attempt,
-                    )
-                delay = backoff.delay(streak - 1, previous_delay)
-                previous_delay = delay
-                if _testhooks.zero_backoff:  # taskvisor.testing.no_backoff()
-                    delay = 0.0
-                source = BackoffSource.FAILURE
-                reason = result.reason
-            rec.state = TaskState.BACKOFF
-            if bus.listening:
-                bus.publish(
-                    new_event(
-                        EventKind.BACKOFF_SCHEDULED,
-                        rec.name,
-                        rec.id,
-                        attempt=rec.attempt,
-                        delay=delay,
-                        backoff_source=source,
-                        reason=reason,
-                    )
+                _backoff(rec, bus, delay, BackoffSource.SUCCESS, None)
+                await asyncio.sleep(delay)
+                continue
+            # a failed attempt (not a stop): the restart policy and the budget decide
+            if rec.stop.requested:
+                outcome = stopped_outcome(rec)
+                break
+            rec.last_error = result.reason
+            if result.end is AttemptEnd.FATAL:
+                outcome = TaskOutcome(
+                    OutcomeKind.FATAL,
+                    result.reason,
+                    result.exit_code,
+                    result.error,
+                    attempts=rec.attempt,
                 )
+                break
+            streak += 1
+            if restart.mode is RestartMode.NEVER or (
+                max_retries is not None and streak > max_retries
+            ):
+                outcome = TaskOutcome(
+                    OutcomeKind.FAILED,
+                    result.reason,
+                    result.exit_code,
+                    result.error,
+                    attempts=rec.attempt,
+                )
+                break
+            delay = backoff.delay(streak - 1, previous_delay)
+            previous_delay = delay
+            if _testhooks.zero_backoff:  # taskvisor.testing.no_backoff()
+                delay = 0.0
+            _backoff(rec, bus, delay, BackoffSource.FAILURE, result.reason)
             await asyncio.sleep(delay)
     except asyncio.CancelledError:
-        # A stop request ended a slot or backoff wait (or the body, via run_attempt).
-        return stopped_outcome(rec)
+        # A stop request ended a slot or backoff wait.
+        outcome = stopped_outcome(rec)
+    except BaseException as exc:
+        # Resolve the outcome first. KeyboardInterrupt/SystemExit (or a bug of ours) then
+        # propagate, as Python does; any other BaseException the body raised is kept in the
+        # outcome's ``error``: re-raising it would leave it in this runner task, unretrieved.
+        finish(rec, TaskOutcome(OutcomeKind.FAILED, describe(exc), None, exc, attempts=rec.attempt))
+        if isinstance(exc, KeyboardInterrupt | SystemExit | Exception):
+            raise
+        return
+    finish(rec, outcome)
+
+
+def _backoff(
+    rec: TaskRecord, bus: Bus, delay: float, source: BackoffSource, reason: str | None
+) -> None:
+    rec.state = TaskState.BACKOFF
+    if bus.listening:
+        bus.publish(
+            new_event(
+                EventKind.BACKOFF_SCHEDULED,
+                rec.name,
+                rec.id,
+                attempt=rec.attempt,
+                delay=delay,
+                backoff_source=source,
+                reason=reason,
+            )
+        )

@@ -1,7 +1,9 @@
-"""One attempt of one task: call the body afresh, bound it by the timeout, classify the end.
+"""One attempt of one task: call the body afresh, classify how it ended, report it.
 
-The attempt runner owns exactly one terminal attempt event per attempt
-(``ATTEMPT_SUCCEEDED`` / ``_FAILED`` / ``_TIMED_OUT`` / ``_CANCELED``).
+This module owns the attempt's events: ``ATTEMPT_STARTING`` and exactly one terminal event
+(``ATTEMPT_SUCCEEDED`` / ``_FAILED`` / ``_TIMED_OUT`` / ``_CANCELED``). Its functions are
+synchronous on purpose: the actor (``_actor.drive``) is the one coroutine per task that
+awaits the body under its timeout, so an attempt costs no extra coroutine frame.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Awaitable
+from typing import Any
 
 from ._context import TaskContext
 from ._errors import Fatal, TaskError
@@ -45,10 +49,6 @@ class AttemptResult:
         self.error = error
 
 
-SUCCEEDED = AttemptResult(AttemptEnd.SUCCEEDED)
-CANCELED = AttemptResult(AttemptEnd.CANCELED)
-
-
 def describe(exc: BaseException) -> str:
     """The reason text of an exception: a ``TaskError``'s reason, else ``Type: message``."""
     if isinstance(exc, TaskError):
@@ -57,86 +57,83 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-async def run_attempt(rec: TaskRecord, bus: Bus) -> AttemptResult:
-    """Run attempt ``rec.attempt + 1`` of ``rec`` and publish its start and terminal events."""
+def begin(rec: TaskRecord, bus: Bus) -> Awaitable[Any]:
+    """Start attempt ``rec.attempt + 1``: publish ``ATTEMPT_STARTING``, call the body afresh.
+
+    Returns what the body returned, for the actor to await (under the attempt timeout). A
+    body that raises at the call is classified like one that raises when awaited.
+    """
     rec.attempt += 1
     attempt = rec.attempt
     rec.state = TaskState.RUNNING
-    spec = rec.spec
     if bus.listening:
         bus.publish(new_event(EventKind.ATTEMPT_STARTING, rec.name, rec.id, attempt=attempt))
-    started = time.perf_counter()
-    rec.attempt_started = started  # cleared below once the attempt is over
-    try:
-        timeout = spec.timeout
-        deadline: asyncio.Timeout | None = None
-        try:
-            if spec.takes_context:
-                awaitable = spec.fn(TaskContext(rec.id, rec.name, attempt, rec.stop))
-            else:
-                awaitable = spec.fn()
-            if timeout is None:
-                await awaitable
-            else:
-                async with asyncio.timeout(timeout) as deadline:
-                    await awaitable
-        except asyncio.CancelledError:
-            result = CANCELED
-            if bus.listening and not rec.finalized:
-                bus.publish(
-                    new_event(
-                        EventKind.ATTEMPT_CANCELED,
-                        rec.name,
-                        rec.id,
-                        attempt=attempt,
-                        duration=time.perf_counter() - started,
-                    )
-                )
-            return result
-        except TimeoutError as exc:
-            duration = time.perf_counter() - started
-            if deadline is not None and deadline.expired():
-                reason = f"attempt timed out after {timeout}s"
-                if bus.listening and not rec.finalized:
-                    bus.publish(
-                        new_event(
-                            EventKind.ATTEMPT_TIMED_OUT,
-                            rec.name,
-                            rec.id,
-                            attempt=attempt,
-                            duration=duration,
-                            timeout=timeout,
-                        )
-                    )
-                return AttemptResult(AttemptEnd.TIMED_OUT, reason, None, exc)
-            return _failed(rec, bus, attempt, duration, exc)
-        except Exception as exc:
-            return _failed(rec, bus, attempt, time.perf_counter() - started, exc)
+    rec.attempt_started = time.perf_counter()  # cleared by the terminal event
+    spec = rec.spec
+    if spec.takes_context:
+        return spec.fn(TaskContext(rec.id, rec.name, attempt, rec.stop))
+    return spec.fn()
+
+
+def _end(rec: TaskRecord) -> float:
+    """Close the attempt: its duration so far."""
+    started = rec.attempt_started
+    rec.attempt_started = None
+    return 0.0 if started is None else time.perf_counter() - started
+
+
+def succeeded(rec: TaskRecord, bus: Bus) -> None:
+    """The body returned: publish ``ATTEMPT_SUCCEEDED``."""
+    duration = _end(rec)
+    if bus.listening and not rec.finalized:
+        bus.publish(
+            new_event(
+                EventKind.ATTEMPT_SUCCEEDED,
+                rec.name,
+                rec.id,
+                attempt=rec.attempt,
+                duration=duration,
+            )
+        )
+
+
+def canceled(rec: TaskRecord, bus: Bus) -> None:
+    """The attempt ended by cancellation: publish ``ATTEMPT_CANCELED`` (once per attempt)."""
+    if rec.attempt_started is None:
+        return  # already closed (abandoned by the supervisor)
+    duration = _end(rec)
+    if bus.listening and not rec.finalized:
+        bus.publish(
+            new_event(
+                EventKind.ATTEMPT_CANCELED,
+                rec.name,
+                rec.id,
+                attempt=rec.attempt,
+                duration=duration,
+            )
+        )
+
+
+def failed(
+    rec: TaskRecord, bus: Bus, exc: BaseException, deadline: asyncio.Timeout | None
+) -> AttemptResult:
+    """The body raised: publish ``ATTEMPT_TIMED_OUT`` if the attempt timeout fired (and
+    only then: a body's own ``TimeoutError`` is an ordinary failure), else ``ATTEMPT_FAILED``."""
+    duration = _end(rec)
+    if deadline is not None and isinstance(exc, TimeoutError) and deadline.expired():
+        timeout = rec.spec.timeout
         if bus.listening and not rec.finalized:
             bus.publish(
                 new_event(
-                    EventKind.ATTEMPT_SUCCEEDED,
+                    EventKind.ATTEMPT_TIMED_OUT,
                     rec.name,
                     rec.id,
-                    attempt=attempt,
-                    duration=time.perf_counter() - started,
+                    attempt=rec.attempt,
+                    duration=duration,
+                    timeout=timeout,
                 )
             )
-        return SUCCEEDED
-    except BaseException as exc:
-        # KeyboardInterrupt, SystemExit or another BaseException subclass: report the attempt
-        # (exactly one terminal event), never swallow. GeneratorExit is the coroutine being
-        # closed, not an end of the body.
-        if not isinstance(exc, GeneratorExit):
-            _failed(rec, bus, attempt, time.perf_counter() - started, exc)
-        raise
-    finally:
-        rec.attempt_started = None
-
-
-def _failed(
-    rec: TaskRecord, bus: Bus, attempt: int, duration: float, exc: BaseException
-) -> AttemptResult:
+        return AttemptResult(AttemptEnd.TIMED_OUT, f"attempt timed out after {timeout}s", None, exc)
     reason = describe(exc)
     exit_code = exc.exit_code if isinstance(exc, TaskError) else None
     if bus.listening and not rec.finalized:
@@ -145,7 +142,7 @@ def _failed(
                 EventKind.ATTEMPT_FAILED,
                 rec.name,
                 rec.id,
-                attempt=attempt,
+                attempt=rec.attempt,
                 duration=duration,
                 reason=reason,
                 exit_code=exit_code,

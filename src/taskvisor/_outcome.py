@@ -6,7 +6,7 @@ import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ._context import TaskId
 
@@ -51,42 +51,70 @@ class TaskOutcome:
         return self.kind is OutcomeKind.COMPLETED
 
 
+class OutcomeSource(Protocol):
+    """Where a handle gets its outcome when it has no future yet (the task's record)."""
+
+    @property
+    def outcome(self) -> TaskOutcome | None: ...
+
+    def outcome_future(self) -> asyncio.Future[TaskOutcome]: ...
+
+
 class TaskHandle:
     """A reference to one submitted task; ``await handle`` gives its ``TaskOutcome``.
 
     Dropping the handle does not stop the task.
     """
 
-    __slots__ = ("_canceller", "_future", "id", "name")
+    __slots__ = ("_canceller", "_future", "_source", "id", "name")
 
     def __init__(
         self,
         task_id: TaskId,
         name: str,
-        future: asyncio.Future[TaskOutcome],
+        source: asyncio.Future[TaskOutcome] | OutcomeSource,
         canceller: Callable[[TaskId], Awaitable[bool]],
     ) -> None:
         self.id = task_id
         self.name = name
-        self._future = future
+        # A future is only made when someone awaits: most handles are never awaited.
+        self._future: asyncio.Future[TaskOutcome] | None
+        self._source: OutcomeSource | None
+        if isinstance(source, asyncio.Future):
+            self._future, self._source = source, None
+        else:
+            self._future, self._source = None, source
         self._canceller = canceller
 
     def __repr__(self) -> str:
-        state = self._future.result().kind.value if self._future.done() else "pending"
+        outcome = self.outcome
+        state = "pending" if outcome is None else outcome.kind.value
         return f"<TaskHandle id={int(self.id)} name={self.name!r} {state}>"
+
+    def _get_future(self) -> asyncio.Future[TaskOutcome]:
+        future = self._future
+        if future is None:
+            assert self._source is not None
+            future = self._future = self._source.outcome_future()
+            self._source = None
+        return future
 
     def __await__(self) -> Generator[Any, None, TaskOutcome]:
         # Shielded: cancelling the awaiting coroutine must not cancel the shared outcome.
-        return asyncio.shield(self._future).__await__()
+        return asyncio.shield(self._get_future()).__await__()
 
     def done(self) -> bool:
         """Whether the outcome is resolved."""
-        return self._future.done()
+        return self.outcome is not None
 
     @property
     def outcome(self) -> TaskOutcome | None:
         """The outcome if resolved, else ``None``."""
-        return self._future.result() if self._future.done() else None
+        future = self._future
+        if future is None:
+            assert self._source is not None
+            return self._source.outcome
+        return future.result() if future.done() else None
 
     async def cancel(self) -> bool:
         """Stop the task and wait for its cleanup; same rules as ``Supervisor.cancel``."""

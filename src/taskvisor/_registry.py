@@ -45,6 +45,12 @@ class TaskInfo:
     """Reason of the last failed attempt, if any."""
 
 
+_new = object.__new__
+_set_id, _set_name, _set_state, _set_attempt, _set_restarts, _set_last_error = (
+    TaskInfo.__dict__[field].__set__ for field in TaskInfo.__slots__
+)
+
+
 class TaskRecord:
     """Everything the runtime keeps about one registered task (internal)."""
 
@@ -59,6 +65,7 @@ class TaskRecord:
         "last_error",
         "name",
         "on_cleanup",
+        "outcome",
         "runner",
         "spec",
         "started",
@@ -71,13 +78,14 @@ class TaskRecord:
         self,
         task_id: TaskId,
         spec: ResolvedSpec,
-        future: asyncio.Future[TaskOutcome],
+        future: asyncio.Future[TaskOutcome] | None = None,
         on_cleanup: Callable[[TaskRecord], None] | None = None,
     ) -> None:
         self.id = task_id
         self.name = spec.name
         self.spec = spec
-        self.future = future
+        self.future = future  # made on demand (``outcome_future``) unless the caller has one
+        self.outcome: TaskOutcome | None = None  # set once, by the cleanup
         self.on_cleanup = on_cleanup
         self.state = TaskState.WAITING
         self.attempt = 0
@@ -92,13 +100,28 @@ class TaskRecord:
         self.holds_slot = False
         self.started = False  # the runner has begun; before that a stop needs no cancel
 
+    def outcome_future(self) -> asyncio.Future[TaskOutcome]:
+        """A future of this task's outcome (resolved already if the task is cleaned up)."""
+        future = self.future
+        if future is None:
+            future = self.future = asyncio.get_running_loop().create_future()
+            if self.outcome is not None:
+                future.set_result(self.outcome)
+        return future
+
     def info(self) -> TaskInfo:
         """This task as a ``TaskInfo``."""
-        state = TaskState.STOPPING if self.stop.requested else self.state
+        # Built through the slots, not the frozen dataclass __init__: ``list()`` makes one
+        # per task, and object.__setattr__ per field would double its cost.
+        info = _new(TaskInfo)
         attempt = self.attempt
-        return TaskInfo(
-            self.id, self.name, state, attempt, attempt - 1 if attempt else 0, self.last_error
-        )
+        _set_id(info, self.id)
+        _set_name(info, self.name)
+        _set_state(info, TaskState.STOPPING if self.stop.requested else self.state)
+        _set_attempt(info, attempt)
+        _set_restarts(info, attempt - 1 if attempt else 0)
+        _set_last_error(info, self.last_error)
+        return info
 
 
 class Registry:

@@ -103,17 +103,35 @@ class TaskDefaults:
         check_int("max_retries", self.max_retries, minimum=0, allow_none=True)
 
 
-@dataclass(frozen=True, slots=True)
 class ResolvedSpec:
-    """A spec after admission: nothing left to inherit (internal)."""
+    """A spec after admission: nothing left to inherit (internal, one per registered task;
+    a plain slotted class because a frozen dataclass's ``__init__`` costs twice as much)."""
 
-    name: str
-    fn: Callable[..., Awaitable[Any]]
-    takes_context: bool
-    restart: RestartPolicy
-    backoff: BackoffPolicy
-    timeout: float | None
-    max_retries: int | None
+    __slots__ = ("backoff", "fn", "max_retries", "name", "restart", "takes_context", "timeout")
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[Any]],
+        takes_context: bool,
+        restart: RestartPolicy,
+        backoff: BackoffPolicy,
+        timeout: float | None,
+        max_retries: int | None,
+    ) -> None:
+        self.name = name
+        self.fn = fn
+        self.takes_context = takes_context
+        self.restart = restart
+        self.backoff = backoff
+        self.timeout = timeout
+        self.max_retries = max_retries
+
+    def __repr__(self) -> str:
+        return (
+            f"ResolvedSpec(name={self.name!r}, restart={self.restart!r}, "
+            f"backoff={self.backoff!r}, timeout={self.timeout!r}, max_retries={self.max_retries!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,12 +12,11 @@ import asyncio
 import contextlib
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from . import _attempt as attempt
 from ._actor import SlotPool, drive, stopped_outcome
-from ._attempt import describe
 from ._config import ShutdownReport, SupervisorConfig
 from ._context import TaskId, new_task_id
 from ._errors import (
@@ -174,7 +173,7 @@ class Supervisor:
             self._reject(spec.name, None, RejectionKind.ALREADY_EXISTS)
             raise TaskAlreadyExists(spec.name)
         rec = self._register(spec, new_task_id(), None, None)
-        return self._handle(rec.id, rec.name, rec.future)
+        return TaskHandle(rec.id, rec.name, rec, self.cancel)
 
     def _reject(self, name: str, task_id: TaskId | None, rejection: RejectionKind) -> None:
         if self._bus.listening:
@@ -203,32 +202,15 @@ class Supervisor:
         """Register and start one task whose name is known to be free (internal)."""
         loop = self._loop
         assert loop is not None
-        if future is None:
-            future = loop.create_future()
         rec = TaskRecord(task_id, spec.resolve(self._defaults), future, on_cleanup)
         self._registry.insert(rec)
         if self._bus.listening:
             self._bus.publish(new_event(EventKind.TASK_ADDED, rec.name, task_id))
-        runner = loop.create_task(self._run(rec), name=f"taskvisor:{rec.name}")
+        runner = loop.create_task(
+            drive(rec, self._bus, self._slots, self._cleanup), name=f"taskvisor:{rec.name}"
+        )
         rec.runner = runner
         return rec
-
-    async def _run(self, rec: TaskRecord) -> None:
-        rec.started = True
-        try:
-            outcome = await drive(rec, self._bus, self._slots)
-        except BaseException as exc:
-            # Resolve the outcome first. KeyboardInterrupt/SystemExit (or a bug of ours) then
-            # propagate, as Python does; any other BaseException the body raised is kept in the
-            # outcome's ``error``: re-raising it would leave it in this runner task, unretrieved.
-            self._cleanup(
-                rec,
-                TaskOutcome(OutcomeKind.FAILED, describe(exc), None, exc, attempts=rec.attempt),
-            )
-            if isinstance(exc, KeyboardInterrupt | SystemExit | Exception):
-                raise
-            return
-        self._cleanup(rec, outcome)
 
     def _cleanup(self, rec: TaskRecord, outcome: TaskOutcome) -> None:
         """The one cleanup of a task; later calls (an abandoned runner ending) do nothing."""
@@ -256,8 +238,11 @@ class Supervisor:
         self._registry.release(rec)
         if bus.listening:
             bus.publish(new_event(EventKind.TASK_REMOVED, rec.name, rec.id))
-        if not rec.future.done():
-            rec.future.set_result(outcome)
+        rec.outcome = outcome
+        rec.runner = None  # the runner is ending (it called us); drop the reference
+        future = rec.future
+        if future is not None and not future.done():
+            future.set_result(outcome)
         if rec.on_cleanup is not None:
             rec.on_cleanup(rec)
         changed = self._changed
@@ -305,21 +290,9 @@ class Supervisor:
         """The body swallows cancellation: resolve it ``FORCE_ABORTED`` and let it go."""
         if rec.finalized:
             return
-        started = rec.attempt_started
-        if started is not None:
-            # The attempt never ends on its own terms: close it here, so that every
-            # ATTEMPT_STARTING still gets exactly one terminal event.
-            rec.attempt_started = None
-            if self._bus.listening:
-                self._bus.publish(
-                    new_event(
-                        EventKind.ATTEMPT_CANCELED,
-                        rec.name,
-                        rec.id,
-                        attempt=rec.attempt,
-                        duration=time.perf_counter() - started,
-                    )
-                )
+        # The attempt never ends on its own terms: close it here, so that every
+        # ATTEMPT_STARTING still gets exactly one terminal event.
+        attempt.canceled(rec, self._bus)
         self._cleanup(rec, stopped_outcome(rec))
 
     async def cancel(self, id_or_name: TaskKey, timeout: float | None = None) -> bool:
@@ -336,12 +309,13 @@ class Supervisor:
         if rec is None:
             return self._controller.remove_queued(key) if self._controller is not None else False
         mine = self._request_stop(rec)
-        if not rec.future.done():
+        if rec.outcome is None:
+            future = rec.outcome_future()
             if t is None:
-                await asyncio.shield(rec.future)
+                await asyncio.shield(future)
             else:
                 try:
-                    await asyncio.wait_for(asyncio.shield(rec.future), t)
+                    await asyncio.wait_for(asyncio.shield(future), t)
                 except TimeoutError:
                     raise TaskTerminationTimeout(rec.id, t) from None
         return mine
@@ -583,5 +557,5 @@ class Supervisor:
     @staticmethod
     async def _all_done(records: _List[TaskRecord]) -> None:
         for rec in records:
-            if not rec.future.done():
-                await asyncio.shield(rec.future)
+            if rec.outcome is None:
+                await asyncio.shield(rec.outcome_future())
