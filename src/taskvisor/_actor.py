@@ -19,6 +19,7 @@ from ._fanout import Bus
 from ._outcome import OutcomeKind, TaskOutcome
 from ._policies import RestartMode
 from ._registry import TaskRecord, TaskState
+from ._spec import UNSET, TaskDefaults
 
 _MIN_RESTART_SPACING = 0.001
 """Under ``always()`` without interval, attempts start at least this far apart."""
@@ -33,8 +34,18 @@ def stopped_outcome(rec: TaskRecord) -> TaskOutcome:
             attempts=rec.attempt,
         )
     # A CancelledError nobody requested (the body's own, or the loop's) is a cooperative stop.
-    reason = "stopped on request" if rec.stop.requested else "cancelled without a stop request"
+    reason = "stopped on request" if rec.requested else "cancelled without a stop request"
     return TaskOutcome(OutcomeKind.CANCELED, reason, attempts=rec.attempt)
+
+
+_COMPLETED = [TaskOutcome(OutcomeKind.COMPLETED, attempts=n) for n in range(64)]
+
+
+def _completed(attempts: int) -> TaskOutcome:
+    # Outcomes are immutable: the common ones are shared instead of built per task.
+    if attempts < len(_COMPLETED):
+        return _COMPLETED[attempts]
+    return TaskOutcome(OutcomeKind.COMPLETED, attempts=attempts)
 
 
 class SlotPool:
@@ -59,31 +70,35 @@ class SlotPool:
 Finish = Callable[[TaskRecord, TaskOutcome], None]
 
 
-async def drive(rec: TaskRecord, bus: Bus, slots: SlotPool | None, finish: Finish) -> None:
+async def drive(
+    rec: TaskRecord, defaults: TaskDefaults, bus: Bus, slots: SlotPool | None, finish: Finish
+) -> None:
     """The runner of one task: attempts until its policy, budget or a stop ends it.
 
     The one coroutine per task (attempts are awaited inline, see ``_attempt``); it hands the
     outcome to ``finish`` (the supervisor's cleanup).
     """
     rec.started = True
+    # The spec's left-out keywords inherit the supervisor's defaults (resolved here, into
+    # locals, rather than into an object per task).
     spec = rec.spec
-    restart = spec.restart
+    restart = defaults.restart if spec.restart is UNSET else spec.restart
     always = restart.mode is RestartMode.ALWAYS
-    backoff = spec.backoff
-    max_retries = spec.max_retries
-    timeout = spec.timeout
+    backoff = defaults.backoff if spec.backoff is UNSET else spec.backoff
+    max_retries = defaults.max_retries if spec.max_retries is UNSET else spec.max_retries
+    timeout = defaults.timeout if spec.timeout is UNSET else spec.timeout
     streak = 0
     previous_delay: float | None = None
     outcome: TaskOutcome
     try:
         while True:
-            if rec.stop.requested:
+            if rec.requested:
                 outcome = stopped_outcome(rec)
                 break
             if slots is not None:
                 rec.state = TaskState.WAITING
                 await slots.acquire(rec)
-                if rec.stop.requested:
+                if rec.requested:
                     slots.release(rec)
                     outcome = stopped_outcome(rec)
                     break
@@ -105,23 +120,23 @@ async def drive(rec: TaskRecord, bus: Bus, slots: SlotPool | None, finish: Finis
                 outcome = stopped_outcome(rec)
                 break
             except Exception as exc:
-                result = attempt.failed(rec, bus, exc, deadline)
+                result = attempt.failed(rec, bus, exc, deadline, timeout)
             except BaseException as exc:
                 # KeyboardInterrupt, SystemExit, another BaseException: one terminal event,
                 # then it propagates (never swallowed, never retried). GeneratorExit is the
                 # coroutine being closed, not an end of the body.
                 if not isinstance(exc, GeneratorExit):
-                    attempt.failed(rec, bus, exc, None)
+                    attempt.failed(rec, bus, exc, None, timeout)
                 raise
             else:
                 attempt.succeeded(rec, bus)
-                if rec.stop.requested:
+                if rec.requested:
                     outcome = stopped_outcome(rec)
                     break
                 streak = 0
                 previous_delay = None
                 if not always:
-                    outcome = TaskOutcome(OutcomeKind.COMPLETED, attempts=rec.attempt)
+                    outcome = _completed(rec.attempt)
                     break
                 if restart.interval is not None:
                     delay = restart.interval
@@ -131,7 +146,7 @@ async def drive(rec: TaskRecord, bus: Bus, slots: SlotPool | None, finish: Finis
                 await asyncio.sleep(delay)
                 continue
             # a failed attempt (not a stop): the restart policy and the budget decide
-            if rec.stop.requested:
+            if rec.requested:
                 outcome = stopped_outcome(rec)
                 break
             rec.last_error = result.reason

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._context import TaskContext
@@ -70,9 +70,10 @@ def begin(rec: TaskRecord, bus: Bus) -> Awaitable[Any]:
         bus.publish(new_event(EventKind.ATTEMPT_STARTING, rec.name, rec.id, attempt=attempt))
     rec.attempt_started = time.perf_counter()  # cleared by the terminal event
     spec = rec.spec
-    if spec.takes_context:
-        return spec.fn(TaskContext(rec.id, rec.name, attempt, rec.stop))
-    return spec.fn()
+    fn: Callable[..., Awaitable[Any]] = spec.fn
+    if spec._takes_context:
+        return fn(TaskContext(rec.id, rec.name, attempt, rec))
+    return fn()
 
 
 def _end(rec: TaskRecord) -> float:
@@ -115,13 +116,16 @@ def canceled(rec: TaskRecord, bus: Bus) -> None:
 
 
 def failed(
-    rec: TaskRecord, bus: Bus, exc: BaseException, deadline: asyncio.Timeout | None
+    rec: TaskRecord,
+    bus: Bus,
+    exc: BaseException,
+    deadline: asyncio.Timeout | None,
+    timeout: float | None,
 ) -> AttemptResult:
     """The body raised: publish ``ATTEMPT_TIMED_OUT`` if the attempt timeout fired (and
     only then: a body's own ``TimeoutError`` is an ordinary failure), else ``ATTEMPT_FAILED``."""
     duration = _end(rec)
     if deadline is not None and isinstance(exc, TimeoutError) and deadline.expired():
-        timeout = rec.spec.timeout
         if bus.listening and not rec.finalized:
             bus.publish(
                 new_event(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ._context import StopSignal, TaskId
 from ._outcome import TaskOutcome
-from ._spec import ResolvedSpec
+from ._spec import TaskSpec
 
 
 class TaskState(enum.StrEnum):
@@ -51,8 +51,12 @@ _set_id, _set_name, _set_state, _set_attempt, _set_restarts, _set_last_error = (
 )
 
 
-class TaskRecord:
-    """Everything the runtime keeps about one registered task (internal)."""
+class TaskRecord(StopSignal):
+    """Everything the runtime keeps about one registered task (internal).
+
+    A record is also its task's ``StopSignal`` (``requested``, ``request()``): the contexts of
+    its attempts watch it directly, which saves an object per task.
+    """
 
     __slots__ = (
         "attempt",
@@ -70,17 +74,17 @@ class TaskRecord:
         "spec",
         "started",
         "state",
-        "stop",
         "timers",
     )
 
     def __init__(
         self,
         task_id: TaskId,
-        spec: ResolvedSpec,
+        spec: TaskSpec,
         future: asyncio.Future[TaskOutcome] | None = None,
         on_cleanup: Callable[[TaskRecord], None] | None = None,
     ) -> None:
+        super().__init__()
         self.id = task_id
         self.name = spec.name
         self.spec = spec
@@ -92,7 +96,6 @@ class TaskRecord:
         # perf_counter() at the start of the attempt in flight; None once its terminal event is out
         self.attempt_started: float | None = None
         self.last_error: str | None = None
-        self.stop = StopSignal()
         self.runner: asyncio.Task[None] | None = None
         self.timers: list[asyncio.TimerHandle] | None = None
         self.finalized = False
@@ -117,7 +120,7 @@ class TaskRecord:
         attempt = self.attempt
         _set_id(info, self.id)
         _set_name(info, self.name)
-        _set_state(info, TaskState.STOPPING if self.stop.requested else self.state)
+        _set_state(info, TaskState.STOPPING if self.requested else self.state)
         _set_attempt(info, attempt)
         _set_restarts(info, attempt - 1 if attempt else 0)
         _set_last_error(info, self.last_error)

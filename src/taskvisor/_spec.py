@@ -103,37 +103,6 @@ class TaskDefaults:
         check_int("max_retries", self.max_retries, minimum=0, allow_none=True)
 
 
-class ResolvedSpec:
-    """A spec after admission: nothing left to inherit (internal, one per registered task;
-    a plain slotted class because a frozen dataclass's ``__init__`` costs twice as much)."""
-
-    __slots__ = ("backoff", "fn", "max_retries", "name", "restart", "takes_context", "timeout")
-
-    def __init__(
-        self,
-        name: str,
-        fn: Callable[..., Awaitable[Any]],
-        takes_context: bool,
-        restart: RestartPolicy,
-        backoff: BackoffPolicy,
-        timeout: float | None,
-        max_retries: int | None,
-    ) -> None:
-        self.name = name
-        self.fn = fn
-        self.takes_context = takes_context
-        self.restart = restart
-        self.backoff = backoff
-        self.timeout = timeout
-        self.max_retries = max_retries
-
-    def __repr__(self) -> str:
-        return (
-            f"ResolvedSpec(name={self.name!r}, restart={self.restart!r}, "
-            f"backoff={self.backoff!r}, timeout={self.timeout!r}, max_retries={self.max_retries!r})"
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
     """A named async body plus its policies; keywords left out inherit ``TaskDefaults``."""
@@ -237,12 +206,18 @@ class TaskSpec:
             max_retries=max_retries,
         )
 
-    def resolve(self, defaults: TaskDefaults) -> ResolvedSpec:
-        """Merge with ``defaults``: every inherited keyword gets its concrete value."""
-        return ResolvedSpec(
-            name=self.name,
-            fn=self.fn,
-            takes_context=self._takes_context,
+    @property
+    def takes_context(self) -> bool:
+        """Whether ``fn`` is called with the ``TaskContext`` (it accepts a positional argument)."""
+        return self._takes_context
+
+    def resolve(self, defaults: TaskDefaults) -> Self:
+        """This spec with every left-out keyword replaced by its value in ``defaults``."""
+        if not isinstance(defaults, TaskDefaults):
+            raise TypeError(f"defaults must be a TaskDefaults, got {type(defaults).__name__}")
+        return type(self)(
+            self.name,
+            self.fn,
             restart=defaults.restart if self.restart is UNSET else self.restart,
             backoff=defaults.backoff if self.backoff is UNSET else self.backoff,
             timeout=defaults.timeout if self.timeout is UNSET else self.timeout,

@@ -202,12 +202,13 @@ class Supervisor:
         """Register and start one task whose name is known to be free (internal)."""
         loop = self._loop
         assert loop is not None
-        rec = TaskRecord(task_id, spec.resolve(self._defaults), future, on_cleanup)
+        rec = TaskRecord(task_id, spec, future, on_cleanup)
         self._registry.insert(rec)
         if self._bus.listening:
             self._bus.publish(new_event(EventKind.TASK_ADDED, rec.name, task_id))
         runner = loop.create_task(
-            drive(rec, self._bus, self._slots, self._cleanup), name=f"taskvisor:{rec.name}"
+            drive(rec, self._defaults, self._bus, self._slots, self._cleanup),
+            name=f"taskvisor:{rec.name}",
         )
         rec.runner = runner
         return rec
@@ -253,9 +254,9 @@ class Supervisor:
 
     def _request_stop(self, rec: TaskRecord) -> bool:
         """Ask ``rec`` to stop; True only for the request that did it."""
-        if rec.finalized or rec.stop.requested:
+        if rec.finalized or rec.requested:
             return False
-        rec.stop.request()
+        rec.request()
         if self._bus.listening:
             self._bus.publish(new_event(EventKind.TASK_REMOVE_REQUESTED, rec.name, rec.id))
         runner = rec.runner
