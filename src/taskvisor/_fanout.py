@@ -29,15 +29,23 @@ from ._subscriber import DEFAULT_QUEUE_CAPACITY, EventCallback, SubscriberRef
 class _Channel:
     """One subscriber's queue and the state of whoever consumes it."""
 
-    __slots__ = ("capacity", "closed", "closing", "name", "queue", "waiter")
+    __slots__ = ("capacity", "closed", "closing", "limit", "name", "queue", "waiter")
 
     def __init__(self, name: str, capacity: int) -> None:
         self.name = name
         self.capacity = capacity
+        # What ``publish`` checks: the capacity while open, 0 once closed (one test per event).
+        self.limit = capacity
         self.queue: deque[Event] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.closing = False  # no more waiting: drain what is queued, then stop
         self.closed = False  # the consumer has stopped: every publish overflows "closed"
+
+    def close(self) -> None:
+        """The consumer has stopped: drop what is queued; later events overflow "closed"."""
+        self.closed = True
+        self.limit = 0
+        self.queue.clear()
 
     def wake(self) -> None:
         w = self.waiter
@@ -86,19 +94,15 @@ class Bus:
             return
         overflowed: list[tuple[str, str]] | None = None
         for ch in channels:
-            if ch.closed:
-                reason = "closed"
-            elif len(ch.queue) >= ch.capacity:
-                reason = "full"
-            else:
-                ch.queue.append(event)
+            queue = ch.queue
+            if len(queue) < ch.limit:
+                queue.append(event)
                 if ch.waiter is not None:
                     ch.wake()
-                continue
-            if event.kind not in DIAGNOSTIC_KINDS:
+            elif event.kind not in DIAGNOSTIC_KINDS:
                 if overflowed is None:
                     overflowed = []
-                overflowed.append((ch.name, reason))
+                overflowed.append((ch.name, "closed" if ch.closed else "full"))
         if overflowed:
             for name, reason in overflowed:
                 self.publish(new_event(EventKind.SUBSCRIBER_OVERFLOW, name, reason=reason))
@@ -109,6 +113,7 @@ class Bus:
         loop = asyncio.get_running_loop()
         queue = ch.queue
         call = ref.call
+        is_async = ref.is_async
         try:
             while True:
                 if executor is not None and queue:
@@ -124,7 +129,7 @@ class Bus:
                 while queue:
                     event = queue.popleft()
                     try:
-                        if ref.is_async:
+                        if is_async:
                             await call(event)
                         else:
                             result = call(event)
@@ -143,8 +148,7 @@ class Bus:
                 ch.waiter = loop.create_future()
                 await ch.waiter
         finally:
-            ch.closed = True
-            queue.clear()
+            ch.close()
 
     def _panicked(self, ref: SubscriberRef, event: Event, exc: BaseException) -> None:
         if event.kind not in DIAGNOSTIC_KINDS:
@@ -165,8 +169,7 @@ class Bus:
         return EventStream(self, ch)
 
     def _unsubscribe(self, ch: _Channel) -> None:
-        ch.closed = True
-        ch.queue.clear()
+        ch.close()
         self._channels = tuple(c for c in self._channels if c is not ch)
         self.listening = bool(self._channels)
         ch.wake()
@@ -196,8 +199,7 @@ class Bus:
             # A worker whose on_event swallows the cancellation may still be running: its
             # subscriber gets nothing more all the same (later publishes report "closed").
             for ch in self._sub_channels:
-                ch.closed = True
-                ch.queue.clear()
+                ch.close()
         finally:
             self._closed.set_result(None)
 

@@ -329,9 +329,12 @@ def _killpg(pgid: int, sig: int, log: logging.Logger) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
-    """Whether a process of the group still runs. Zombies do not count: they are dead and
-    only wait for their parent (often init, after reparenting) to collect them, which some
-    inits do only every few seconds, and which nobody does when taskvisor is itself PID 1."""
+    """Whether a process of the group still runs.
+
+    Zombies do not count: they are dead and only wait for their parent (often init, after
+    reparenting) to collect them, which some inits do only every few seconds, and which
+    nobody does when taskvisor is itself PID 1.
+    """
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:

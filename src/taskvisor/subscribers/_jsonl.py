@@ -75,8 +75,10 @@ class JsonLinesSubscriber(Subscriber):
             stream.flush()
 
     def close(self) -> None:
-        """Stop writing; close the file if this subscriber opened it (a stream passed in stays
-        open). Idempotent, and safe while the writer thread is busy."""
+        """Stop writing; close the file if this subscriber opened it.
+
+        A stream passed in stays open. Idempotent, and safe while the writer thread is busy.
+        """
         with self._lock:
             if self._closed:
                 return
