@@ -28,8 +28,16 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# The full suite on the default loop and on uvloop, results kept for `--compare`
+# (docs/performance.md). BENCH_ARGS adds options, e.g. `make bench BENCH_ARGS=--quick`.
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks --json benchmarks/results/latest.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

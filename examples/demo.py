@@ -1,13 +1,15 @@
-"""A short, real demonstration of supervision (`make demo`, or `python -m examples.demo`).
+"""Several tasks with different policies under one supervisor (``python -m examples.demo``).
 
-Four tasks under one supervisor, every event printed as it happens:
+Four tasks, every event printed as it happens:
 
 - ``flaky``: fails twice (``Fail``), then recovers, with exponential backoff and jitter;
 - ``heartbeat``: a periodic task, every 1.5 s;
 - ``slow-query``: exceeds its 0.5 s attempt timeout and runs out of its retry budget;
 - ``migrate``: raises ``Fatal`` and is never retried.
 
-After a few seconds the demo asks for a graceful shutdown and prints each task's outcome.
+Once the three finite tasks have finished (and the heartbeat has beaten twice), the demo asks
+for a graceful shutdown and prints each task's outcome. ``--short`` divides every duration by
+ten. (``make demo`` runs the command-line version, ``examples/demo.toml``.)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import time
 
 import taskvisor as tv
+from taskvisor.testing import EventRecorder
 
 _T0 = time.monotonic()
 
@@ -39,54 +42,55 @@ class Printer(tv.Subscriber):
         print("  ".join(parts), flush=True)
 
 
-def make_flaky() -> tv.TaskSpec:
+def make_specs(scale: float) -> list[tv.TaskSpec]:
+    """The four tasks; every duration is multiplied by ``scale``."""
     failures = 0
 
     async def flaky(ctx: tv.TaskContext) -> None:
         nonlocal failures
-        await ctx.sleep(0.1)
+        await ctx.sleep(0.1 * scale)
         if failures < 2:
             failures += 1
             raise tv.Fail(f"upstream unavailable (try {ctx.attempt})", exit_code=75)
 
-    return tv.TaskSpec.restartable(
-        "flaky", flaky, backoff=tv.BackoffPolicy.exponential(0.2, factor=2.0, max=2.0)
-    )
+    async def heartbeat(ctx: tv.TaskContext) -> None:
+        await ctx.sleep(0.05 * scale)
+
+    async def slow_query() -> None:
+        await asyncio.sleep(100 * scale)
+
+    async def migrate() -> None:
+        raise tv.Fatal("schema version 7 is unknown", exit_code=2)
+
+    return [
+        tv.TaskSpec.restartable(
+            "flaky",
+            flaky,
+            backoff=tv.BackoffPolicy.exponential(0.2 * scale, factor=2.0, max=2.0 * scale),
+        ),
+        tv.TaskSpec.periodic("heartbeat", heartbeat, every=1.5 * scale),
+        tv.TaskSpec.restartable(
+            "slow-query",
+            slow_query,
+            timeout=0.5 * scale,
+            max_retries=2,
+            backoff=tv.BackoffPolicy.constant(0.3 * scale),
+        ),
+        tv.TaskSpec.once("migrate", migrate),
+    ]
 
 
-async def heartbeat(ctx: tv.TaskContext) -> None:
-    await ctx.sleep(0.05)
-
-
-async def slow_query() -> None:
-    await asyncio.sleep(10)
-
-
-async def migrate() -> None:
-    raise tv.Fatal("schema version 7 is unknown", exit_code=2)
-
-
-async def main(run_for: float) -> int:
+async def main(short: bool = False) -> int:
+    beats = EventRecorder()  # only to know when the heartbeat has run twice
     sup = tv.Supervisor(
         config=tv.SupervisorConfig(grace=2.0, max_concurrent=8),
-        subscribers=[Printer()],
+        subscribers=[Printer(), beats],
     )
     async with sup:
-        handles = [
-            sup.add(make_flaky()),
-            sup.add(tv.TaskSpec.periodic("heartbeat", heartbeat, every=1.5)),
-            sup.add(
-                tv.TaskSpec.restartable(
-                    "slow-query",
-                    slow_query,
-                    timeout=0.5,
-                    max_retries=2,
-                    backoff=tv.BackoffPolicy.constant(0.3),
-                )
-            ),
-            sup.add(tv.TaskSpec.once("migrate", migrate)),
-        ]
-        await asyncio.sleep(run_for)  # let the supervisor work, then stop it
+        handles = [sup.add(spec) for spec in make_specs(0.1 if short else 1.0)]
+        finite = [h for h in handles if h.name != "heartbeat"]
+        await asyncio.wait_for(asyncio.gather(*finite), timeout=60)
+        await beats.wait_for(tv.EventKind.ATTEMPT_SUCCEEDED, task="heartbeat", count=2, timeout=60)
         print("\n-- registered tasks before shutdown --")
         for info in sup.list():
             print(f"  {info.name:<11} state={info.state.value:<8} attempt={info.attempt}")
@@ -111,4 +115,4 @@ async def main(run_for: float) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(float(sys.argv[1]) if len(sys.argv) > 1 else 6.0)))
+    sys.exit(asyncio.run(main(short="--short" in sys.argv)))

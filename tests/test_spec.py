@@ -8,6 +8,7 @@ import copy
 import functools
 import math
 import pickle
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -322,7 +323,8 @@ async def test_resolved_body_is_called_in_its_form() -> None:
     ctx = ctx_of()
     for fn in (with_ctx, without):
         r = TaskSpec("t", fn).resolve(TaskDefaults())
-        await (r.fn(ctx) if r.takes_context else r.fn())
+        call: Callable[..., Awaitable[Any]] = r.fn
+        await (call(ctx) if r.takes_context else call())
     assert seen == [ctx, "no ctx"]
 
 

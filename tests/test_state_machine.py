@@ -30,7 +30,7 @@ Asyncio inside a state machine: each example owns a fresh event loop, created in
 supervisor's ``FORCE_WAIT`` (how long it waits for a body that swallows a forced
 cancellation) is lowered to 0.1 s for speed while an example runs.
 
-Size: ``TASKVISOR_STATEFUL_EXAMPLES`` (default 20) examples of up to
+Size: ``TASKVISOR_STATEFUL_EXAMPLES`` (default 80) examples of up to
 ``TASKVISOR_STATEFUL_STEPS`` (default 30) steps; e.g. ``TASKVISOR_STATEFUL_EXAMPLES=500``
 for a long local run. The number of examples and steps run is printed.
 """
@@ -46,7 +46,7 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import Context
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -61,14 +61,14 @@ from hypothesis.stateful import (
 )
 
 import taskvisor as tv
-from taskvisor import _supervisor as supervisor_module
 from taskvisor import EventKind as K
 from taskvisor import OutcomeKind as O
 from taskvisor import RejectionKind as RJ
+from taskvisor import _supervisor as supervisor_module
 
 T = TypeVar("T")
 
-EXAMPLES = int(os.environ.get("TASKVISOR_STATEFUL_EXAMPLES", "20"))
+EXAMPLES = int(os.environ.get("TASKVISOR_STATEFUL_EXAMPLES", "80"))
 STEPS = int(os.environ.get("TASKVISOR_STATEFUL_STEPS", "30"))
 
 FORCE_WAIT = 0.1
@@ -77,7 +77,7 @@ SUB_TIMEOUT = 0.5
 """``subscriber_shutdown_timeout`` of every example."""
 MARGIN = 1.0
 """Generous slack on the shutdown and cancel bounds (a loaded 2-core machine)."""
-GUARD = 15.0
+GUARD = 5.0
 """No single step may take longer: a hang fails the example instead of the suite."""
 BACKOFF = 0.002
 NAMES = ("a", "b", "c", "d")
@@ -108,7 +108,9 @@ class Body(enum.Enum):
 SLOW_TO_STOP = frozenset({Body.LINGER, Body.STUBBORN})
 """Bodies that may outlive the grace period; every other body stops within one iteration."""
 
-TERMINAL = frozenset({K.ATTEMPT_SUCCEEDED, K.ATTEMPT_FAILED, K.ATTEMPT_TIMED_OUT, K.ATTEMPT_CANCELED})
+TERMINAL = frozenset(
+    {K.ATTEMPT_SUCCEEDED, K.ATTEMPT_FAILED, K.ATTEMPT_TIMED_OUT, K.ATTEMPT_CANCELED}
+)
 LIFECYCLE = TERMINAL | {
     K.TASK_ADDED,
     K.ATTEMPT_STARTING,
@@ -199,7 +201,9 @@ class BatchHandle:
                 e = finished[0]
                 assert e.outcome is not None
                 attempts = [x.kind for x in events].count(K.ATTEMPT_STARTING)
-                self._outcome = tv.TaskOutcome(e.outcome, e.reason, e.exit_code, None, None, attempts)
+                self._outcome = tv.TaskOutcome(
+                    e.outcome, e.reason, e.exit_code, None, None, attempts
+                )
         return self._outcome
 
     async def cancel(self) -> bool:
@@ -256,7 +260,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         self.loop_errors: list[dict[str, Any]] = []
         self.loop.set_exception_handler(lambda _loop, ctx: self.loop_errors.append(ctx))
         self.created: list[asyncio.Task[Any]] = []
-        self.loop.set_task_factory(self._task_factory)
+        self.loop.set_task_factory(cast(Any, self._task_factory))
         self.saved_force_wait = supervisor_module.FORCE_WAIT
         supervisor_module.FORCE_WAIT = FORCE_WAIT
         self.sup: tv.Supervisor | None = None
@@ -556,9 +560,7 @@ class SupervisorMachine(RuleBasedStateMachine):
             snap = sup.controller_snapshot()
             assert snap is not None
             view = {v.slot: v for v in snap.slots}.get(key)
-            waiting = sorted(
-                (t for t in self.queued() if t.slot == key), key=lambda t: t.key or 0
-            )
+            waiting = sorted((t for t in self.queued() if t.slot == key), key=lambda t: t.key or 0)
             name_taken = sup.is_alive(name)
             handle = sup.submit(cspec)
             assert handle.name == name
@@ -684,19 +686,22 @@ class SupervisorMachine(RuleBasedStateMachine):
         sup = self.s
         pre = sup.get(key)
         queued = self.queued_target(key) if pre is None else None
+        expired: tv.TaskTerminationTimeout | None = None
         try:
             result = await sup.cancel(key, timeout=timeout)
         except tv.TaskTerminationTimeout as exc:
-            assert pre is not None
-            assert exc.task_id == pre.id
-            assert exc.timeout == timeout
-            after = sup.get(pre.id)
-            assert after is None or after.state is tv.TaskState.STOPPING, "the stop must proceed"
-            self.stop_calls.append(StopCall(int(pre.id), None))
-        else:
+            expired = exc
+        if expired is None:
             self.check_stop(key, pre, queued, result)
             if pre is not None:
                 assert self.tracked[int(pre.id)].handle.done()
+            return
+        assert pre is not None
+        assert expired.task_id == pre.id
+        assert expired.timeout == timeout
+        after = sup.get(pre.id)
+        assert after is None or after.state is tv.TaskState.STOPPING, "the stop must proceed"
+        self.stop_calls.append(StopCall(int(pre.id), None))
 
     @rule(name=st.sampled_from(NAMES), plan=plans, wait=st.booleans())
     def stop_then_add_again(self, name: str, plan: Plan, wait: bool) -> None:
@@ -716,7 +721,30 @@ class SupervisorMachine(RuleBasedStateMachine):
 
     @rule(seconds=st.sampled_from([0.0, 0.001, 0.005, 0.02, 0.06]))
     def time_passes(self, seconds: float) -> None:
-        self.run(asyncio.sleep(seconds))
+        async def step() -> None:
+            await asyncio.sleep(seconds)
+            await self.no_starvation()
+
+        self.run(step())
+
+    async def no_starvation(self) -> None:
+        """No task waits for a concurrency slot while one is free (no slot leaks).
+
+        A slot handed to a waiter is taken before the waiter resumes, so the condition can
+        hold for an iteration or two; a leaked slot makes it hold forever.
+        """
+        limit = self.max_concurrent
+        if limit is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 0.5
+        while True:
+            waiting = [i for i in self.s.list() if i.state is tv.TaskState.WAITING]
+            busy = len(self.live())
+            if not waiting or busy >= limit:
+                return
+            assert loop.time() < deadline, f"{waiting} wait while {busy} of {limit} slots run"
+            await asyncio.sleep(0.001)
 
     @precondition(lambda self: not self.shutdown_called and self.steps_here > STEPS // 3)
     @rule(name=st.sampled_from(NAMES), plan=plans)
@@ -727,7 +755,6 @@ class SupervisorMachine(RuleBasedStateMachine):
     async def shutdown_now(self, name: str, plan: Plan) -> None:
         sup = self.s
         loop = asyncio.get_running_loop()
-        registered = {i.name: i for i in sup.list()}
         stubborn = [
             t
             for t in self.tracked.values()
@@ -821,11 +848,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         by_id = {int(i.id): i for i in listed}
         for slot, queue in list(self.queues.items()):
             inside = sorted(
-                (
-                    t
-                    for t in queue
-                    if t.outcome is None or t.outcome.rejection not in OUT_OF_ORDER
-                ),
+                (t for t in queue if t.outcome is None or t.outcome.rejection not in OUT_OF_ORDER),
                 key=lambda t: t.key or 0,
             )
             gone = [t.outcome is not None or int(t.handle.id) in by_id for t in inside]
@@ -856,9 +879,11 @@ class SupervisorMachine(RuleBasedStateMachine):
             assert int(v.owner) in by_id
             assert self.tracked[int(v.owner)].slot == v.slot
         for info in listed:
-            slot = self.tracked[int(info.id)].slot
-            if slot is not None:
-                assert views[slot].owner == info.id, f"{info} registered but not owning {slot}"
+            owned = self.tracked[int(info.id)].slot
+            if owned is not None:
+                view = views.get(owned)
+                assert view is not None, f"{info} registered but slot {owned!r} is idle"
+                assert view.owner == info.id, f"{info} registered but not owning {owned!r}"
         if self.max_concurrent is not None:
             assert len(self.live()) <= self.max_concurrent
 
@@ -895,9 +920,10 @@ class SupervisorMachine(RuleBasedStateMachine):
             if task.get_name().startswith("taskvisor") and not task.done():
                 assert task in mine, f"{task!r} still running after shutdown"
         self.release.set()
+        me = asyncio.current_task()
         async with asyncio.timeout(GUARD):
-            while any(not t.done() for t in self.created if t is not asyncio.current_task()):
-                await asyncio.sleep(0.001)
+            while left := [t for t in self.created if not t.done() and t is not me]:
+                await asyncio.wait(left)
         for task in self.created:
             if task.get_name().startswith("taskvisor") and task.done():
                 assert task.cancelled() or task.exception() is None, (
@@ -964,7 +990,8 @@ class SupervisorMachine(RuleBasedStateMachine):
         stopped = any(e.kind is K.TASK_REMOVE_REQUESTED for e in events)
         # Order: ADDED (STARTING terminal BACKOFF?)* [STARTING] FINISHED REMOVED, with at most
         # one REMOVE_REQUESTED before FINISHED. A lone STARTING at the end: abandoned body.
-        assert events and events[0].kind is K.TASK_ADDED, where
+        assert events, where
+        assert events[0].kind is K.TASK_ADDED, where
         state = "added"
         attempt = 0
         terminals: list[tv.Event] = []
@@ -979,11 +1006,13 @@ class SupervisorMachine(RuleBasedStateMachine):
                 assert e.attempt == attempt, where
                 state = "started"
             elif k in TERMINAL:
-                assert state == "started" and e.attempt == attempt, where
+                assert state == "started", where
+                assert e.attempt == attempt, where
                 terminals.append(e)
                 state = "ended"
             elif k is K.BACKOFF_SCHEDULED:
-                assert state == "ended" and e.attempt == attempt, where
+                assert state == "ended", where
+                assert e.attempt == attempt, where
                 backoffs[attempt] = e
                 state = "backoff"
             elif k is K.TASK_FINISHED:
@@ -991,10 +1020,11 @@ class SupervisorMachine(RuleBasedStateMachine):
                     state == "started" and outcome.kind is O.FORCE_ABORTED
                 ), where
                 assert e.outcome is outcome.kind, where
-                assert e.reason == outcome.reason and e.exit_code == outcome.exit_code, where
+                assert (e.reason, e.exit_code) == (outcome.reason, outcome.exit_code), where
                 state = "finished"
             else:
-                assert k is K.TASK_REMOVED and state == "finished", where
+                assert k is K.TASK_REMOVED, where
+                assert state == "finished", where
                 state = "removed"
         assert state == "removed", where
         assert [e.kind for e in events].count(K.TASK_REMOVE_REQUESTED) <= 1, where
@@ -1044,7 +1074,8 @@ class SupervisorMachine(RuleBasedStateMachine):
                     assert b.delay == BACKOFF, where
                     assert b.reason is not None
             else:
-                assert stopped and i == len(terminals), f"no backoff after attempt {i}: {where}"
+                assert stopped, f"no backoff after attempt {i}: {where}"
+                assert i == len(terminals), where
         if stopped:
             assert outcome.kind in (O.CANCELED, O.FORCE_ABORTED), where
             if plan.body not in SLOW_TO_STOP:
@@ -1052,14 +1083,16 @@ class SupervisorMachine(RuleBasedStateMachine):
             assert outcome.error is None
             return
         # Not stopped: the task ended on its own, exactly as its last attempt dictates.
-        assert verdict is not None and attempt == len(terminals), where
+        assert verdict is not None, where
+        assert attempt == len(terminals), where
         assert outcome.kind is verdict, where
         last = terminals[-1]
         if verdict is O.COMPLETED or verdict is O.CANCELED:
             assert outcome.error is None, where
         elif last.kind is K.ATTEMPT_TIMED_OUT:
             assert batch or isinstance(outcome.error, TimeoutError), where
-            assert outcome.reason is not None and "timed out" in outcome.reason
+            assert outcome.reason is not None
+            assert "timed out" in outcome.reason
         else:
             assert batch or isinstance(outcome.error, ERROR_TYPE[plan.body]), where
             assert (outcome.reason, outcome.exit_code) == FAILURE_TEXT[plan.body], where
@@ -1124,6 +1157,7 @@ def allowed_ends(body: Body, has_timeout: bool, stopped: bool) -> set[K]:
     return ends
 
 
+@pytest.mark.timeout(900)  # a failure is shrunk to a minimal sequence: that takes minutes
 def test_supervisor_state_machine(capsys: pytest.CaptureFixture[str]) -> None:
     """Random sequences of calls keep every invariant (see the module docstring)."""
     before = Stats(STATS.examples, STATS.steps, STATS.tasks, Counter(STATS.outcomes))
@@ -1133,6 +1167,7 @@ def test_supervisor_state_machine(capsys: pytest.CaptureFixture[str]) -> None:
             max_examples=EXAMPLES,
             stateful_step_count=STEPS,
             deadline=None,
+            report_multiple_bugs=False,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
             print_blob=True,
         ),

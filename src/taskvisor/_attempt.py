@@ -122,8 +122,11 @@ def failed(
     deadline: asyncio.Timeout | None,
     timeout: float | None,
 ) -> AttemptResult:
-    """The body raised: publish ``ATTEMPT_TIMED_OUT`` if the attempt timeout fired (and
-    only then: a body's own ``TimeoutError`` is an ordinary failure), else ``ATTEMPT_FAILED``."""
+    """The body raised: publish ``ATTEMPT_TIMED_OUT`` or ``ATTEMPT_FAILED``.
+
+    ``ATTEMPT_TIMED_OUT`` only if the attempt timeout fired: a body's own ``TimeoutError``
+    is an ordinary failure.
+    """
     duration = _end(rec)
     if deadline is not None and isinstance(exc, TimeoutError) and deadline.expired():
         if bus.listening and not rec.finalized:

@@ -120,7 +120,7 @@ class Bus:
                     # One thread hop per batch, not per event (a hop costs ~40 µs). The batch
                     # stays in the queue until handled, so the capacity bound stays exact.
                     batch = list(queue)
-                    failures = await loop.run_in_executor(executor, _deliver, call, batch)
+                    failures = await loop.run_in_executor(executor, _deliver, call, batch, ch)
                     for _ in batch:
                         queue.popleft()
                     for event, exc in failures:
@@ -142,6 +142,10 @@ class Bus:
                         if task is None or task.cancelling():
                             raise  # the worker itself is being cancelled (close timed out)
                         # on_event let a CancelledError of its own escape: a bug like any other
+                        self._panicked(ref, event, exc)
+                    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+                        raise
+                    except BaseException as exc:  # any other BaseException: still its bug
                         self._panicked(ref, event, exc)
                 if ch.closing:
                     return
@@ -204,13 +208,23 @@ class Bus:
             self._closed.set_result(None)
 
 
-def _deliver(call: EventCallback, batch: list[Event]) -> list[tuple[Event, Exception]]:
-    """Run in a blocking subscriber's thread: hand it a batch, collect what it raised."""
-    failures: list[tuple[Event, Exception]] = []
+def _deliver(
+    call: EventCallback, batch: list[Event], ch: _Channel
+) -> list[tuple[Event, BaseException]]:
+    """Run in a blocking subscriber's thread: hand it a batch, collect what it raised.
+
+    Stops early once the channel is closed (the drain deadline passed while this thread was
+    stuck): what is left then is dropped, as for any subscriber.
+    """
+    failures: list[tuple[Event, BaseException]] = []
     for event in batch:
+        if ch.closed:
+            break
         try:
             call(event)
-        except Exception as exc:  # reported as SUBSCRIBER_PANICKED back on the loop
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # reported as SUBSCRIBER_PANICKED back on the loop
             failures.append((event, exc))
     return failures
 

@@ -137,7 +137,10 @@ class BackoffPolicy:
         try:
             grown = self.first * self.factor**retry
         except OverflowError:
-            return self.max
+            # factor**retry alone overflows a float; times a tiny ``first`` it may not: compare
+            # in logs (first > 0 and max >= first here).
+            log_grown = math.log(self.first) + retry * math.log(self.factor)
+            return self.max if log_grown >= math.log(self.max) else math.exp(log_grown)
         return min(grown, self.max)
 
     def delay(

@@ -386,8 +386,11 @@ class Supervisor:
     # ------------------------------------------------------------------ run & shutdown
 
     async def run(self, specs: Iterable[TaskSpec]) -> ShutdownReport:
-        """Admit ``specs`` as one batch, wait until every task finished (or a signal, or
-        ``shutdown()``), then shut down and return the report."""
+        """Admit ``specs`` as one batch, supervise until done, shut down, return the report.
+
+        Done: every task finished (tasks added meanwhile included), a signal arrived, or
+        ``shutdown()`` was called.
+        """
         if isinstance(specs, TaskSpec) or not isinstance(specs, Iterable):
             raise TypeError(f"specs must be an iterable of TaskSpec, got {type(specs).__name__}")
         batch = _List(specs)
