@@ -102,7 +102,7 @@ async def drive(
                     slots.release(rec)
                     outcome = stopped_outcome(rec)
                     break
-            started = time.monotonic()
+            started = time.monotonic() if always else 0.0
             deadline: asyncio.Timeout | None = None
             try:
                 try:

@@ -84,7 +84,8 @@ class TaskRecord(StopSignal):
         future: asyncio.Future[TaskOutcome] | None = None,
         on_cleanup: Callable[[TaskRecord], None] | None = None,
     ) -> None:
-        super().__init__()
+        self.requested = False  # StopSignal state, set inline: this runs once per task
+        self._waiters = None
         self.id = task_id
         self.name = spec.name
         self.spec = spec
