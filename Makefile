@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 # (docs/performance.md). BENCH_ARGS adds options, e.g. `make bench BENCH_ARGS=--quick`.
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks --json benchmarks/results/latest.json $(BENCH_ARGS)
+
+# Churn tasks for a while; memory must stay flat after warm-up (prints PASS/FAIL).
+# `make soak SOAK_SECONDS=600` for a longer run. Not part of `make test`.
+SOAK_SECONDS ?= 60
+soak: $(STAMP)
+	$(BIN)/python -m benchmarks.soak --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

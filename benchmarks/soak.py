@@ -226,15 +226,19 @@ def mb(n: int) -> str:
     return f"{n / 1e6:8.2f}"
 
 
+def kb(n: int) -> str:
+    return f"{n / 1e3:9.1f}"
+
+
 def print_quarter(q: int, quarter: Quarter, elapsed: float) -> None:
     if q == 1:
         print(
-            "quarter  elapsed  rounds    tasks    events  traced_MB  traced_peak_MB"
+            "quarter  elapsed  rounds    tasks    events  traced_kB  traced_peak_kB"
             "   rss_MB  peak_rss_MB"
         )
     print(
         f"{q:7d} {elapsed:7.1f}s {quarter.rounds:7d} {quarter.tasks:8d} {quarter.events:9d}"
-        f"   {mb(quarter.traced)}        {mb(quarter.traced_peak)} {mb(quarter.rss)}"
+        f"  {kb(quarter.traced)}       {kb(quarter.traced_peak)} {mb(quarter.rss)}"
         f"     {mb(quarter.peak_rss)}",
         flush=True,
     )

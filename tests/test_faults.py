@@ -11,6 +11,8 @@ here uses ``blocking = True`` (its own thread), and slow async subscribers sleep
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -416,3 +418,38 @@ async def test_slow_subscribers_do_not_delay_tasks_with_many_events(
     assert all(o.kind is O.COMPLETED for o in outcomes)
     await timed_shutdown(sup)
     assert check_task_events(recorder.events) == 200
+
+
+STUCK_FOREVER = """
+import asyncio, threading
+import taskvisor as tv
+
+class Stuck(tv.Subscriber):
+    blocking = True
+
+    def on_event(self, event):
+        threading.Event().wait()  # never returns
+
+async def main():
+    config = tv.SupervisorConfig(grace=0.1, subscriber_shutdown_timeout=0.2, handle_signals=False)
+    async def ok():
+        pass
+    async with tv.Supervisor(config, subscribers=[Stuck()]) as sup:
+        print((await sup.add(tv.TaskSpec.once("ok", ok))).kind.value, flush=True)
+    print("shut down", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_subscriber_thread_stuck_forever_does_not_keep_the_process_alive() -> None:
+    """Python cannot kill the thread, but the process still exits once ``main`` returns."""
+    proc = subprocess.run(
+        [sys.executable, "-c", STUCK_FOREVER],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["completed", "shut", "down"]

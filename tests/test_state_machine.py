@@ -1,6 +1,8 @@
 """Stateful property test: no sequence of calls loses an outcome, leaks a task or hangs.
 
-Hypothesis drives one supervisor (with a controller) through random sequences of ``add``,
+Hypothesis drives one supervisor (with a controller; started with ``start()``, or running a
+batch under ``run()``, which shuts down by itself once everything has finished) through
+random sequences of ``add``,
 ``submit`` (queue / replace / drop_if_running into a few slots), ``cancel`` (awaited,
 spawned, with a timeout, through the handle), ``remove``, cancel-or-remove then re-add of
 the same name, time passing, and ``shutdown`` (with calls racing it). Task bodies succeed,
@@ -14,8 +16,10 @@ Checked after every step: every handle's outcome, once resolved, never changes; 
 is exactly the admitted tasks whose outcome is not resolved yet (the rest of the pending
 handles are the controller's queued submissions, in FIFO order, matching the snapshot's
 counts); no two bodies of one controller slot, and no more than ``max_concurrent`` bodies,
-run at once while their outcomes are unresolved; a stop call returns ``True`` exactly when
-the task was not ``STOPPING`` yet. Checked at the end, after shutdown: every handle resolved;
+run at once while their outcomes are unresolved, and no task waits for a concurrency slot
+while one is free (no slot leaks); a stop call returns ``True`` exactly when the task was
+not ``STOPPING`` yet, and an awaited ``cancel`` returns only after the task's cleanup, within
+``grace`` + the force wait + a margin. Checked at the end, after shutdown: every handle resolved;
 every task's events follow SPEC §6 and its outcome is exactly what its policy makes of its
 attempts; ``events()`` saw what the subscriber saw and ended; the registry is empty; no
 library task is left running except the bodies that swallow cancellation until released

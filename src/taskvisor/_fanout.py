@@ -17,13 +17,69 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import queue
+import threading
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 from ._events import DIAGNOSTIC_KINDS, Event, EventKind, new_event
 from ._subscriber import DEFAULT_QUEUE_CAPACITY, EventCallback, SubscriberRef
+
+_T = TypeVar("_T")
+
+
+class _SubscriberThread:
+    """The dedicated thread of a ``blocking`` subscriber: runs its calls one at a time.
+
+    A daemon thread, not a ``ThreadPoolExecutor``, whose threads are joined when the
+    interpreter exits: a subscriber stuck in ``on_event`` would keep the process alive after
+    shutdown. Python cannot kill a thread; a daemon thread at least lets the process end.
+    """
+
+    __slots__ = ("_jobs",)
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def call(self, fn: Callable[..., _T], *args: object) -> asyncio.Future[_T]:
+        """Run ``fn(*args)`` in the thread; what it returns or raises resolves the future."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[_T] = loop.create_future()
+
+        def job() -> None:
+            # RuntimeError from call_soon_threadsafe: the loop is closed, nobody waits.
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the loop, never swallowed here
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_fail, fut, exc)
+            else:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_succeed, fut, result)
+
+        self._jobs.put(job)
+        return fut
+
+    def stop(self) -> None:
+        """End the thread once its current call returns; nothing queued after runs."""
+        self._jobs.put(None)
+
+
+def _succeed(fut: asyncio.Future[_T], result: _T) -> None:
+    if not fut.done():
+        fut.set_result(result)
+
+
+def _fail(fut: asyncio.Future[_T], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
 
 
 class _Channel:
@@ -68,7 +124,7 @@ class Bus:
         """Whether any queue would receive an event: publishers skip building events when not.
         A plain attribute (read several times per attempt), kept equal to ``bool(_channels)``."""
         self._workers: list[asyncio.Task[None]] = []
-        self._executors: list[ThreadPoolExecutor] = []
+        self._executors: list[_SubscriberThread] = []
         self._started = False
         self._closed: asyncio.Future[None] | None = None
 
@@ -81,7 +137,7 @@ class Bus:
         for ref, ch in zip(self._refs, self._sub_channels, strict=True):
             executor = None
             if ref.blocking:
-                executor = ThreadPoolExecutor(1, thread_name_prefix=f"taskvisor-{ref.name}")
+                executor = _SubscriberThread(f"taskvisor-{ref.name}")
                 self._executors.append(executor)
             self._workers.append(
                 loop.create_task(self._work(ref, ch, executor), name=f"taskvisor-sub-{ref.name}")
@@ -108,7 +164,7 @@ class Bus:
                 self.publish(new_event(EventKind.SUBSCRIBER_OVERFLOW, name, reason=reason))
 
     async def _work(
-        self, ref: SubscriberRef, ch: _Channel, executor: ThreadPoolExecutor | None
+        self, ref: SubscriberRef, ch: _Channel, executor: _SubscriberThread | None
     ) -> None:
         loop = asyncio.get_running_loop()
         queue = ch.queue
@@ -120,7 +176,7 @@ class Bus:
                     # One thread hop per batch, not per event (a hop costs ~40 µs). The batch
                     # stays in the queue until handled, so the capacity bound stays exact.
                     batch = list(queue)
-                    failures = await loop.run_in_executor(executor, _deliver, call, batch, ch)
+                    failures = await executor.call(_deliver, call, batch, ch)
                     for _ in batch:
                         queue.popleft()
                     for event, exc in failures:
@@ -199,7 +255,7 @@ class Bus:
                 if still:
                     await asyncio.wait(still, timeout=0.1)
             for executor in self._executors:
-                executor.shutdown(wait=False, cancel_futures=True)
+                executor.stop()
             # A worker whose on_event swallows the cancellation may still be running: its
             # subscriber gets nothing more all the same (later publishes report "closed").
             for ch in self._sub_channels:
