@@ -3,9 +3,11 @@
 Run everything with ``python -m benchmarks`` (or ``make bench``). Options: ``--quick`` for a
 short run (a tenth of the operations, 3 rounds), ``--rounds N``, ``--loop asyncio|uvloop|all``
 (default ``all``: every module once per event loop available), ``--json PATH`` to write the
-results, ``--compare OLD NEW`` to print the change between two such files, ``--check`` to exit
-1 when a goal is missed, and names to select modules or cases (``python -m benchmarks
-fanout`` runs the cases whose ``module:case`` contains "fanout").
+results, ``--compare OLD NEW`` to print the change between two such files, ``--markdown
+FILE`` to print one as tables, ``--profile`` to run the named cases once under cProfile,
+``--check`` to exit 1 when a goal is missed, and names to select modules or cases
+(``python -m benchmarks fanout`` runs the cases whose ``module:case`` contains "fanout").
+``docs/performance.md`` describes the cases and the latest full run.
 
 Adding a module: create ``benchmarks/bench_<topic>.py`` with a module-level list
 ``CASES: list[Case]``. It is discovered by name; nothing else to register::
@@ -456,15 +458,22 @@ def write_json(path: Path, results: Sequence[Result], meta: dict[str, Any]) -> N
 
 
 def selected(module: str, cases: list[Case], patterns: Sequence[str]) -> list[Case]:
-    """The cases matching any pattern, plus the baselines they need."""
+    """The cases matching any pattern, plus the baselines they need (and theirs)."""
     if not patterns:
         return cases
     short = module.removeprefix("bench_")
     keep = {c.name for c in cases if any(p in f"{short}:{c.name}" for p in patterns)}
-    for c in cases:
-        if c.name in keep:
-            keep.update(b for b in (c.baseline, *(g.against for g in c.goals)) if b is not None)
-    return [c for c in cases if c.name in keep]
+    while True:  # baselines of baselines too
+        needed = {
+            b
+            for c in cases
+            if c.name in keep
+            for b in (c.baseline, *(g.against for g in c.goals))
+            if b is not None
+        }
+        if needed <= keep:
+            return [c for c in cases if c.name in keep]
+        keep |= needed
 
 
 def _quick_selection(cases: list[Case]) -> list[Case]:
@@ -600,13 +609,16 @@ def compare(old_path: Path, new_path: Path) -> str:
         def ratio(row: dict[str, Any]) -> str:
             return "" if row.get("ratio") is None else f"{row['ratio']:.2f}×"
 
+        change = _change(a["median"], b["median"], metric)
+        if a.get("ops") != b.get("ops"):
+            change += f" (ops {a.get('ops', 0):,}→{b.get('ops', 0):,})"
         rows.append(
             (
                 f"{module}:{case}",
                 loop,
                 format_value(a["median"], metric),
                 format_value(b["median"], metric),
-                _change(a["median"], b["median"], metric),
+                change,
                 ratio(a),
                 ratio(b),
             )
@@ -626,12 +638,13 @@ def compare(old_path: Path, new_path: Path) -> str:
         lines.append("  ".join(cells).rstrip())
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
-    gone = sorted(f"{m}:{c} [{lp}]" for lp, m, c in old.keys() - new.keys())
-    added = sorted(f"{m}:{c} [{lp}]" for lp, m, c in new.keys() - old.keys())
-    if gone:
-        lines.append(f"only in old: {', '.join(gone)}")
-    if added:
-        lines.append(f"only in new: {', '.join(added)}")
+    for label, keys in (("old", old.keys() - new.keys()), ("new", new.keys() - old.keys())):
+        names = sorted(f"{m}:{c} [{lp}]" for lp, m, c in keys)
+        if names:
+            shown = ", ".join(names[:8]) + (
+                f", … ({len(names) - 8} more)" if len(names) > 8 else ""
+            )
+            lines.append(f"only in {label} ({len(names)}): {shown}")
     return "\n".join(lines)
 
 

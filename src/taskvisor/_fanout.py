@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import queue
+import queue as _queue
 import threading
 import weakref
 from collections import deque
@@ -41,7 +41,7 @@ class _SubscriberThread:
     __slots__ = ("_jobs",)
 
     def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._jobs: _queue.SimpleQueue[Callable[[], None] | None] = _queue.SimpleQueue()
         threading.Thread(target=self._serve, name=name, daemon=True).start()
 
     def _serve(self) -> None:

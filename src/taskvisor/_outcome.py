@@ -52,7 +52,10 @@ class TaskOutcome:
 
 
 class OutcomeSource(Protocol):
-    """Where a handle gets its outcome when it has no future yet (the task's record)."""
+    """What a handle reads its outcome from: the task's record.
+
+    It gives the outcome once resolved, and a new future of it for each waiter.
+    """
 
     @property
     def outcome(self) -> TaskOutcome | None: ...
@@ -91,17 +94,13 @@ class TaskHandle:
         state = "pending" if outcome is None else outcome.kind.value
         return f"<TaskHandle id={int(self.id)} name={self.name!r} {state}>"
 
-    def _get_future(self) -> asyncio.Future[TaskOutcome]:
-        future = self._future
-        if future is None:
-            assert self._source is not None
-            future = self._future = self._source.outcome_future()
-            self._source = None
-        return future
-
     def __await__(self) -> Generator[Any, None, TaskOutcome]:
+        if self._future is None:
+            assert self._source is not None
+            # A future of its own per await: cancelling this awaiter touches nobody else's.
+            return self._source.outcome_future().__await__()
         # Shielded: cancelling the awaiting coroutine must not cancel the shared outcome.
-        return asyncio.shield(self._get_future()).__await__()
+        return asyncio.shield(self._future).__await__()
 
     def done(self) -> bool:
         """Whether the outcome is resolved."""

@@ -70,6 +70,7 @@ class TaskRecord(StopSignal):
         "name",
         "on_cleanup",
         "outcome",
+        "outcome_waiters",
         "runner",
         "spec",
         "started",
@@ -89,7 +90,8 @@ class TaskRecord(StopSignal):
         self.id = task_id
         self.name = spec.name
         self.spec = spec
-        self.future = future  # made on demand (``outcome_future``) unless the caller has one
+        self.future = future  # the controller's shared future of a submission, if any
+        self.outcome_waiters: list[asyncio.Future[TaskOutcome]] | None = None
         self.outcome: TaskOutcome | None = None  # set once, by the cleanup
         self.on_cleanup = on_cleanup
         self.state = TaskState.WAITING
@@ -105,13 +107,31 @@ class TaskRecord(StopSignal):
         self.started = False  # the runner has begun; before that a stop needs no cancel
 
     def outcome_future(self) -> asyncio.Future[TaskOutcome]:
-        """A future of this task's outcome (resolved already if the task is cleaned up)."""
-        future = self.future
-        if future is None:
-            future = self.future = asyncio.get_running_loop().create_future()
-            if self.outcome is not None:
-                future.set_result(self.outcome)
+        """A new future of this task's outcome, for one waiter (done already after cleanup).
+
+        One per waiter, so a waiter cancelled while waiting cancels only its own future:
+        no ``asyncio.shield`` (and the extra loop iteration it costs) is needed.
+        """
+        future: asyncio.Future[TaskOutcome] = asyncio.get_running_loop().create_future()
+        if self.outcome is not None:
+            future.set_result(self.outcome)
+        elif self.outcome_waiters is None:
+            self.outcome_waiters = [future]
+        else:
+            self.outcome_waiters.append(future)
         return future
+
+    def resolve(self, outcome: TaskOutcome) -> None:
+        """Record the outcome and wake every waiter (the cleanup calls this once)."""
+        self.outcome = outcome
+        future = self.future
+        if future is not None and not future.done():
+            future.set_result(outcome)
+        waiters, self.outcome_waiters = self.outcome_waiters, None
+        if waiters:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(outcome)
 
     def info(self) -> TaskInfo:
         """This task as a ``TaskInfo``."""

@@ -89,6 +89,7 @@ class Supervisor:
                 )
             self._controller = Controller(controller, self)
         self._registry = Registry()
+        self._finish = self._cleanup  # one bound method for every runner, not one per task
         self._slots = SlotPool(config.max_concurrent) if config.max_concurrent is not None else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
@@ -207,7 +208,7 @@ class Supervisor:
         if self._bus.listening:
             self._bus.publish(new_event(EventKind.TASK_ADDED, rec.name, task_id))
         runner = loop.create_task(
-            drive(rec, self._defaults, self._bus, self._slots, self._cleanup),
+            drive(rec, self._defaults, self._bus, self._slots, self._finish),
             name=f"taskvisor:{rec.name}",
         )
         rec.runner = runner
@@ -239,11 +240,8 @@ class Supervisor:
         self._registry.release(rec)
         if bus.listening:
             bus.publish(new_event(EventKind.TASK_REMOVED, rec.name, rec.id))
-        rec.outcome = outcome
         rec.runner = None  # the runner is ending (it called us); drop the reference
-        future = rec.future
-        if future is not None and not future.done():
-            future.set_result(outcome)
+        rec.resolve(outcome)
         if rec.on_cleanup is not None:
             rec.on_cleanup(rec)
         changed = self._changed
@@ -252,8 +250,12 @@ class Supervisor:
 
     # ------------------------------------------------------------------ stopping
 
-    def _request_stop(self, rec: TaskRecord) -> bool:
-        """Ask ``rec`` to stop; True only for the request that did it."""
+    def _request_stop(self, rec: TaskRecord, *, arm_force: bool = True) -> bool:
+        """Ask ``rec`` to stop; True only for the request that did it.
+
+        ``arm_force`` starts the task's own grace timer; the shutdown passes False because
+        its own grace wait forces every task still running (one timer instead of thousands).
+        """
         if rec.finalized or rec.requested:
             return False
         rec.request()
@@ -264,9 +266,10 @@ class Supervisor:
         # would skip its coroutine entirely, and with it the cleanup.
         if rec.started and runner is not None and not runner.done():
             runner.cancel()
-            loop = self._loop
-            assert loop is not None
-            rec.timers = [loop.call_later(self._config.grace, self._force, rec)]
+            if arm_force:
+                loop = self._loop
+                assert loop is not None
+                rec.timers = [loop.call_later(self._config.grace, self._force, rec)]
         return True
 
     def _force(self, rec: TaskRecord) -> None:
@@ -313,10 +316,10 @@ class Supervisor:
         if rec.outcome is None:
             future = rec.outcome_future()
             if t is None:
-                await asyncio.shield(future)
+                await future
             else:
                 try:
-                    await asyncio.wait_for(asyncio.shield(future), t)
+                    await asyncio.wait_for(future, t)
                 except TimeoutError:
                     raise TaskTerminationTimeout(rec.id, t) from None
         return mine
@@ -525,7 +528,7 @@ class Supervisor:
             self._controller.close()
         records = self._registry.records()
         for rec in records:
-            self._request_stop(rec)
+            self._request_stop(rec, arm_force=False)
         pending = [rec for rec in records if not rec.finalized]
         if pending:
             assert self._skip_grace is not None
@@ -562,4 +565,4 @@ class Supervisor:
     async def _all_done(records: _List[TaskRecord]) -> None:
         for rec in records:
             if rec.outcome is None:
-                await asyncio.shield(rec.outcome_future())
+                await rec.outcome_future()
