@@ -820,3 +820,72 @@ async def test_a_stuck_subscriber_changes_no_outcome_and_no_shutdown() -> None:
     events = await collect(stream)
     assert any(e.kind is OVERFLOW and e.task == "stuck" for e in events)
     assert any(e.kind is PANICKED and e.task == "raising" for e in events)
+
+
+# ------------------------------------------- sync subscribers: one shared log, per-reader drops
+
+
+async def test_sync_subscribers_with_different_capacities_drop_exactly_their_own_excess() -> None:
+    small, medium, big = Counting(capacity=2), Counting(capacity=5), Counting(capacity=100)
+    bus = make_bus(small, medium, big)
+    published = [ev(f"e{i}") for i in range(8)]
+    for e in published:
+        bus.publish(e)
+    await bus.close(GUARD)
+    # The overflow report about small (after e2) takes a place in medium's backlog too.
+    assert small.seen == published[:2]
+    assert len(medium.seen) == 5
+    assert ordinary(medium.seen) == published[:4]
+    assert ordinary(big.seen) == published
+    full = [e.task for e in big.seen if e.kind is OVERFLOW and e.reason == "full"]
+    assert full.count("Counting") == 6 + 4  # small: e2..e7; medium: e4..e7
+
+
+async def test_a_sync_subscriber_gets_room_again_after_each_delivery_round() -> None:
+    small = Counting(capacity=2)
+    bus = make_bus(small)
+    rounds = [[ev(f"r{r}-{i}") for i in range(3)] for r in range(3)]
+    for batch in rounds:
+        for e in batch:
+            bus.publish(e)
+        await asyncio.sleep(0)  # one loop iteration: one delivery round
+        await asyncio.sleep(0)
+    await bus.close(GUARD)
+    assert ordinary(small.seen) == [e for batch in rounds for e in batch[:2]]
+
+
+async def test_a_sync_on_event_that_returns_an_awaitable_keeps_its_order() -> None:
+    seen: list[str] = []
+    other = Counting()
+
+    async def record(event: Event) -> None:
+        await asyncio.sleep(0)
+        seen.append(event.task or "")
+
+    def sometimes_async(event: Event) -> Awaitable[None] | None:
+        if event.task == "e2":
+            return record(event)  # from here on this subscriber needs awaiting
+        seen.append(event.task or "")
+        return None
+
+    bus = make_bus(sometimes_async, other)
+    published = [ev(f"e{i}") for i in range(6)]
+    for e in published[:4]:
+        bus.publish(e)
+    await asyncio.sleep(0)
+    for e in published[4:]:
+        bus.publish(e)
+    await bus.close(GUARD)
+    assert seen == [e.task for e in published]
+    assert ordinary(other.seen) == published
+
+
+async def test_a_raising_sync_subscriber_does_not_disturb_its_sync_neighbours() -> None:
+    raising, counting = Raising(), Counting()
+    bus = make_bus(raising, counting)
+    published = [ev() for _ in range(5)]
+    for e in published:
+        bus.publish(e)
+    await bus.close(GUARD)
+    assert ordinary(counting.seen) == published
+    assert sum(e.kind is PANICKED for e in counting.seen) == 5

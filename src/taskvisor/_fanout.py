@@ -1,10 +1,18 @@
-"""The subscriber fan-out: one bounded FIFO queue and one worker per subscriber.
+"""The subscriber fan-out: every subscriber has its own bounded FIFO backlog.
 
 ::
 
-    publish(event) ──► [queue 1] ──► worker 1 ──► subscriber1.on_event()
-                   ├─► [queue 2] ──► worker 2 ──► subscriber2.on_event()   (own thread if blocking)
-                   └─► [stream ] ──► ``async for event in sup.events()``
+    publish(event) ─┬─► [shared log] ──► _dispatch (once per loop iteration) ──► sync on_event()s
+                    ├─► [queue 1] ──► worker 1 ──► async subscriber1.on_event()
+                    ├─► [queue 2] ──► worker 2 ──► blocking subscriber2 (in its own thread)
+                    └─► [stream ] ──► ``async for event in sup.events()``
+
+Async and blocking subscribers each have a queue and a worker task. Sync subscribers (a plain
+``on_event`` run on the loop) share one log instead, handed to each of them in order by one
+callback per loop iteration: one append per event for all of them, no task switch. Their
+capacities stay exact and their own: an event that finds one of them full is recorded as
+skipped for that one only (``_skips``). A sync ``on_event`` runs on the loop in either
+design, so a slow one delays the loop the same way; nothing else is shared.
 
 Rules: publishing never blocks and never awaits; a full queue drops that event for that
 subscriber only and publishes ``SUBSCRIBER_OVERFLOW``; an ``on_event`` that raises is reported
@@ -21,8 +29,8 @@ import queue as _queue
 import threading
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from ._events import DIAGNOSTIC_KINDS, Event, EventKind, new_event
 from ._subscriber import DEFAULT_QUEUE_CAPACITY, EventCallback, SubscriberRef
@@ -85,7 +93,7 @@ def _fail(fut: asyncio.Future[_T], exc: BaseException) -> None:
 class _Channel:
     """One subscriber's queue and the state of whoever consumes it."""
 
-    __slots__ = ("capacity", "closed", "closing", "limit", "name", "queue", "waiter")
+    __slots__ = ("capacity", "closed", "closing", "limit", "name", "queue", "skipped", "waiter")
 
     def __init__(self, name: str, capacity: int) -> None:
         self.name = name
@@ -96,6 +104,7 @@ class _Channel:
         self.waiter: asyncio.Future[None] | None = None
         self.closing = False  # no more waiting: drain what is queued, then stop
         self.closed = False  # the consumer has stopped: every publish overflows "closed"
+        self.skipped = 0  # sync subscribers: events of the shared log dropped for this one
 
     def close(self) -> None:
         """The consumer has stopped: drop what is queued; later events overflow "closed"."""
@@ -125,6 +134,16 @@ class Bus:
         A plain attribute (read several times per attempt), kept equal to ``bool(_channels)``."""
         self._workers: list[asyncio.Task[None]] = []
         self._executors: list[_SubscriberThread] = []
+        # Sync, non-blocking subscribers have no worker and no queue of their own: they share
+        # one log, which one callback per loop iteration (``_dispatch``) hands to each of them
+        # in order. Their backlogs are equal but for the events dropped for one of them
+        # (``_skips``: log index -> channels that must not get it; ``_Channel.skipped``).
+        self._sync: list[tuple[SubscriberRef, _Channel]] = []
+        self._log: list[Event] = []
+        self._skips: dict[int, list[_Channel]] | None = None
+        self._sync_limit = 0  # below this log length every sync subscriber has room
+        self._dispatch_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._closed: asyncio.Future[None] | None = None
 
@@ -133,8 +152,11 @@ class Bus:
         if self._started:
             return
         self._started = True
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         for ref, ch in zip(self._refs, self._sub_channels, strict=True):
+            if not ref.blocking and not ref.is_async and not ch.queue:
+                self._sync.append((ref, ch))
+                continue
             executor = None
             if ref.blocking:
                 executor = _SubscriberThread(f"taskvisor-{ref.name}")
@@ -142,14 +164,109 @@ class Bus:
             self._workers.append(
                 loop.create_task(self._work(ref, ch, executor), name=f"taskvisor-sub-{ref.name}")
             )
+        sync_channels = {id(ch) for _, ch in self._sync}
+        self._channels = tuple(ch for ch in self._channels if id(ch) not in sync_channels)
+        self._update_sync_limit()
+
+    def _update_sync_limit(self) -> None:
+        self._sync_limit = min((ch.limit for _, ch in self._sync), default=0)
+
+    def _schedule_dispatch(self) -> None:
+        if self._sync and not self._dispatch_scheduled and self._loop is not None:
+            self._dispatch_scheduled = True
+            self._loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        """Hand the shared log to every sync subscriber, each in order; then start a new log.
+
+        Cheaper than a queue and a worker task per subscriber (no future, no task switch, one
+        append per event for all of them): a sync ``on_event`` runs on the loop either way.
+        A raising subscriber is reported and the others go on; one whose ``on_event`` turns
+        out to return an awaitable is handed to a worker of its own from that event on.
+        """
+        self._dispatch_scheduled = False
+        log = self._log
+        if not log:
+            return
+        skips = self._skips
+        self._log = []  # what is published meanwhile (diagnostics) goes to the next round
+        self._skips = None
+        members = self._sync
+        for _, ch in members:
+            ch.skipped = 0
+        for ref, ch in members:
+            if ch.closed:
+                continue
+            call = ref.call
+            for index, event in enumerate(log):
+                if skips is not None and index in skips and ch in skips[index]:
+                    continue
+                try:
+                    result = call(event)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # a subscriber's bug, CancelledError included
+                    self._panicked(ref, event, exc)
+                    continue
+                if result is not None and inspect.isawaitable(result):
+                    rest = [
+                        e
+                        for i, e in enumerate(log)
+                        if i > index and (skips is None or i not in skips or ch not in skips[i])
+                    ]
+                    self._promote(ref, ch, result, rest)
+                    break
+
+    def _promote(
+        self, ref: SubscriberRef, ch: _Channel, pending: Awaitable[Any], rest: list[Event]
+    ) -> None:
+        """Move a "sync" subscriber that returned an awaitable onto a worker of its own.
+
+        The worker awaits that awaitable first; the events the subscriber has not seen yet
+        go to its own queue, in order.
+        """
+        self._sync = [(r, c) for r, c in self._sync if c is not ch]
+        self._update_sync_limit()
+        ch.queue.extend(rest)
+        skips = self._skips  # the new log's own drops (rare: this subscriber was full)
+        ch.queue.extend(
+            e
+            for i, e in enumerate(self._log)
+            if skips is None or i not in skips or ch not in skips[i]
+        )
+        ch.closing = self._closed is not None  # promoted while closing: drain, then stop
+        self._channels = (*self._channels, ch)
+        assert self._loop is not None
+        self._workers.append(
+            self._loop.create_task(
+                self._work(ref, ch, None, pending), name=f"taskvisor-sub-{ref.name}"
+            )
+        )
 
     def publish(self, event: Event) -> None:
-        """Offer ``event`` to every queue without blocking; report queues that refuse it."""
-        channels = self._channels
-        if not channels:
-            return
+        """Offer ``event`` to every subscriber without blocking; report those that refuse it."""
         overflowed: list[tuple[str, str]] | None = None
-        for ch in channels:
+        if self._sync:
+            log = self._log
+            n = len(log)
+            if n < self._sync_limit:
+                log.append(event)
+            else:
+                # Some sync subscriber may be full (or closed): find which, exactly.
+                full = [ch for _, ch in self._sync if n - ch.skipped >= ch.limit]
+                if len(full) < len(self._sync):
+                    if full:
+                        if self._skips is None:
+                            self._skips = {}
+                        self._skips[n] = full
+                        for ch in full:
+                            ch.skipped += 1
+                    log.append(event)
+                if full and event.kind not in DIAGNOSTIC_KINDS:
+                    overflowed = [(ch.name, "closed" if ch.closed else "full") for ch in full]
+            if not self._dispatch_scheduled:
+                self._schedule_dispatch()
+        for ch in self._channels:
             queue = ch.queue
             if len(queue) < ch.limit:
                 queue.append(event)
@@ -164,13 +281,28 @@ class Bus:
                 self.publish(new_event(EventKind.SUBSCRIBER_OVERFLOW, name, reason=reason))
 
     async def _work(
-        self, ref: SubscriberRef, ch: _Channel, executor: _SubscriberThread | None
+        self,
+        ref: SubscriberRef,
+        ch: _Channel,
+        executor: _SubscriberThread | None,
+        pending: Awaitable[Any] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         queue = ch.queue
         call = ref.call
         is_async = ref.is_async
         try:
+            if pending is not None:  # the unfinished delivery ``_dispatch`` handed over
+                try:
+                    await pending
+                except (KeyboardInterrupt, SystemExit, GeneratorExit):
+                    raise
+                except BaseException as error:
+                    if isinstance(error, asyncio.CancelledError):
+                        task = asyncio.current_task()
+                        if task is None or task.cancelling():
+                            raise
+                    self._panicked(ref, None, error)
             while True:
                 if executor is not None and queue:
                     # One thread hop per batch, not per event (a hop costs ~40 µs). The batch
@@ -210,8 +342,8 @@ class Bus:
         finally:
             ch.close()
 
-    def _panicked(self, ref: SubscriberRef, event: Event, exc: BaseException) -> None:
-        if event.kind not in DIAGNOSTIC_KINDS:
+    def _panicked(self, ref: SubscriberRef, event: Event | None, exc: BaseException) -> None:
+        if event is None or event.kind not in DIAGNOSTIC_KINDS:
             self.publish(
                 new_event(
                     EventKind.SUBSCRIBER_PANICKED, ref.name, reason=f"{type(exc).__name__}: {exc}"
@@ -231,7 +363,7 @@ class Bus:
     def _unsubscribe(self, ch: _Channel) -> None:
         ch.close()
         self._channels = tuple(c for c in self._channels if c is not ch)
-        self.listening = bool(self._channels)
+        self.listening = bool(self._channels) or bool(self._sync)
         ch.wake()
 
     async def close(self, timeout: float) -> None:
@@ -246,6 +378,7 @@ class Bus:
             for ch in self._channels:
                 ch.closing = True
                 ch.wake()
+            self._dispatch()  # sync subscribers: drained here (sync code cannot be cut short)
             pending = [w for w in self._workers if not w.done()]
             if pending:
                 remaining = max(0.0, deadline - loop.time())
@@ -254,12 +387,14 @@ class Bus:
                     w.cancel()
                 if still:
                     await asyncio.wait(still, timeout=0.1)
+            self._dispatch()  # what the workers' diagnostics added meanwhile
             for executor in self._executors:
                 executor.stop()
             # A worker whose on_event swallows the cancellation may still be running: its
             # subscriber gets nothing more all the same (later publishes report "closed").
             for ch in self._sub_channels:
                 ch.close()
+            self._update_sync_limit()
         finally:
             self._closed.set_result(None)
 
