@@ -245,6 +245,8 @@ class Bus:
 
     def publish(self, event: Event) -> None:
         """Offer ``event`` to every subscriber without blocking; report those that refuse it."""
+        if not self.listening:
+            return
         overflowed: list[tuple[str, str]] | None = None
         if self._sync:
             log = self._log
