@@ -439,3 +439,23 @@ async def test_adds_racing_shutdown_are_refused_or_resolved(
     assert sup.list() == []
     finished = {e.task_id for e in recorder.of(K.TASK_FINISHED)}
     assert finished == {h.id for h in handles}
+
+
+def test_a_supervisor_refuses_a_second_event_loop() -> None:
+    sup = tv.Supervisor(config=tv.SupervisorConfig(grace=0.2))
+
+    async def first() -> None:
+        async with sup:
+            handle = sup.add(tv.TaskSpec.once("once", _instant))
+            assert (await handle).ok
+
+    async def second() -> None:
+        with pytest.raises(RuntimeError, match="event loop it was started on"):
+            sup.add(tv.TaskSpec.once("again", _instant))
+
+    asyncio.run(first())
+    asyncio.run(second())
+
+
+async def _instant() -> None:
+    return None

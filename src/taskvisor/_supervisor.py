@@ -121,6 +121,16 @@ class Supervisor:
                 "Supervisor methods must be called from the event loop's thread; "
                 "use loop.call_soon_threadsafe or asyncio.run_coroutine_threadsafe"
             )
+        else:
+            try:
+                running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not loop:
+                raise RuntimeError(
+                    "this supervisor belongs to the event loop it was started on; "
+                    "build a new Supervisor for another loop (e.g. a second asyncio.run)"
+                )
         return loop
 
     def _check_thread(self) -> None:
