@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -208,3 +209,27 @@ def check_task_events(events: list[tv.Event]) -> int:
             if removal:
                 assert removal[0].seq < evs[-2].seq, where
     return finished
+
+
+def group_gone(pgid: int) -> bool:
+    """Whether nothing of process group ``pgid`` still runs.
+
+    A group that is left with zombies only counts as gone: they are dead, waiting for init
+    (their parent once orphaned) to collect them, which this machine's init does only every
+    couple of seconds.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[2]) == pgid:
+                members.append(fields[0])
+    return all(state in ("Z", "X") for state in members)

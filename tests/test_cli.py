@@ -9,7 +9,6 @@ signal sent only once the child has said, in its output, that it is ready for it
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import subprocess
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GUARD
+from conftest import GUARD, group_gone
 
 PY = sys.executable
 SCRIPT = Path(sys.executable).parent / "taskvisor"
@@ -153,30 +152,6 @@ def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
 
 def toml_str(text: str) -> str:
     return json.dumps(text)
-
-
-def group_gone(pgid: int) -> bool:
-    """Whether nothing of process group ``pgid`` still runs.
-
-    A group that is left with zombies only counts as gone: they are dead, waiting for init
-    (their parent once orphaned) to collect them, which this machine's init does only every
-    couple of seconds.
-    """
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if int(fields[2]) == pgid:
-                members.append(fields[0])
-    return all(state in ("Z", "X") for state in members)
 
 
 GOOD = f"""

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import taskvisor as tv
-from conftest import FAST, GUARD, SupervisorFactory
+from conftest import FAST, GUARD, SupervisorFactory, group_gone
 from taskvisor import OutcomeKind as O
 from taskvisor.process import command
 
@@ -35,30 +35,6 @@ def proc_state(pid: int) -> str | None:
     except FileNotFoundError:
         return None
     return stat[stat.rfind(")") + 2 :].split()[0]
-
-
-def group_gone(pgid: int) -> bool:
-    """Whether nothing of process group ``pgid`` still runs.
-
-    A group that is left with zombies only counts as gone: they are dead, waiting for init
-    (their parent once orphaned) to collect them, which this machine's init does only every
-    couple of seconds.
-    """
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if int(fields[2]) == pgid:
-                members.append(fields[0])
-    return all(state in ("Z", "X") for state in members)
 
 
 def pid_gone(pid: int) -> bool:
