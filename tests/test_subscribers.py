@@ -11,6 +11,7 @@ import asyncio
 import gc
 import inspect
 import threading
+import time
 from collections.abc import Awaitable
 
 import pytest
@@ -889,3 +890,22 @@ async def test_a_raising_sync_subscriber_does_not_disturb_its_sync_neighbours() 
     await bus.close(GUARD)
     assert ordinary(counting.seen) == published
     assert sum(e.kind is PANICKED for e in counting.seen) == 5
+
+
+async def test_a_slow_sync_subscriber_is_cut_at_the_close_deadline() -> None:
+    seen: list[Event] = []
+
+    def slow(event: Event) -> None:
+        time.sleep(0.02)  # blocks the loop: a sync subscriber's own fault
+        seen.append(event)
+
+    bus = make_bus(slow)
+    published = [ev() for _ in range(100)]  # 2 s of work, far beyond the deadline
+    for e in published:
+        bus.publish(e)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await bus.close(0.1)
+    assert loop.time() - started < 1.0  # generous: cut near 0.1 s, not after 2 s
+    assert len(seen) < len(published)  # the rest was dropped at the deadline
+    assert seen == published[: len(seen)]

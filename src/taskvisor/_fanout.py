@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import math
 import queue as _queue
 import threading
 import weakref
@@ -176,13 +177,14 @@ class Bus:
             self._dispatch_scheduled = True
             self._loop.call_soon(self._dispatch)
 
-    def _dispatch(self) -> None:
+    def _dispatch(self, deadline: float | None = None) -> None:
         """Hand the shared log to every sync subscriber, each in order; then start a new log.
 
         Cheaper than a queue and a worker task per subscriber (no future, no task switch, one
         append per event for all of them): a sync ``on_event`` runs on the loop either way.
         A raising subscriber is reported and the others go on; one whose ``on_event`` turns
-        out to return an awaitable is handed to a worker of its own from that event on.
+        out to return an awaitable is handed to a worker of its own from that event on. With
+        a ``deadline`` (the drain at close), what is not delivered by then is dropped.
         """
         self._dispatch_scheduled = False
         log = self._log
@@ -194,6 +196,9 @@ class Bus:
         members = self._sync
         for _, ch in members:
             ch.skipped = 0
+        # Only the drain at close has a deadline; the clock is read only then.
+        clock = self._loop.time if deadline is not None and self._loop is not None else None
+        until = math.inf if deadline is None else deadline
         for ref, ch in members:
             if ch.closed:
                 continue
@@ -201,6 +206,8 @@ class Bus:
             for index, event in enumerate(log):
                 if skips is not None and index in skips and ch in skips[index]:
                     continue
+                if clock is not None and clock() >= until:
+                    return
                 try:
                     result = call(event)
                 except (KeyboardInterrupt, SystemExit):
@@ -380,7 +387,7 @@ class Bus:
             for ch in self._channels:
                 ch.closing = True
                 ch.wake()
-            self._dispatch()  # sync subscribers: drained here (sync code cannot be cut short)
+            self._dispatch(deadline)  # sync subscribers: drained here, up to the deadline
             pending = [w for w in self._workers if not w.done()]
             if pending:
                 remaining = max(0.0, deadline - loop.time())
@@ -389,7 +396,7 @@ class Bus:
                     w.cancel()
                 if still:
                     await asyncio.wait(still, timeout=0.1)
-            self._dispatch()  # what the workers' diagnostics added meanwhile
+            self._dispatch(deadline)  # what the workers' diagnostics added meanwhile
             for executor in self._executors:
                 executor.stop()
             # A worker whose on_event swallows the cancellation may still be running: its
