@@ -233,3 +233,27 @@ def group_gone(pgid: int) -> bool:
             if int(fields[2]) == pgid:
                 members.append(fields[0])
     return all(state in ("Z", "X") for state in members)
+
+
+# Programs for the process-supervision tests (run as ``python -c``). Each prints "ready" and
+# its pid (which is also its process group's id) once it can be signalled.
+POLITE = """
+import os, signal, sys, time
+def bye(signum, frame):
+    print("bye", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, bye)
+print("ready", os.getpid(), flush=True)
+while True:
+    time.sleep(1)
+"""
+"""Waits forever; exits cleanly on SIGTERM."""
+
+STUBBORN = """
+import os, signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("ready", os.getpid(), flush=True)
+while True:
+    time.sleep(1)
+"""
+"""Ignores SIGTERM: only SIGKILL ends it."""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GUARD, group_gone
+from conftest import GUARD, POLITE, STUBBORN, group_gone
 
 PY = sys.executable
 SCRIPT = Path(sys.executable).parent / "taskvisor"
@@ -620,26 +620,6 @@ def test_stop_after_shuts_down_gracefully(tmp_path: Path, children: list[Child])
     assert child.finish() == 0
     assert "stop_after (0.2s) reached" in child.text
     assert "task 'forever' canceled after 1 attempt" in child.text
-
-
-POLITE = """
-import os, signal, sys, time
-def bye(signum, frame):
-    print("bye", flush=True)
-    sys.exit(0)
-signal.signal(signal.SIGTERM, bye)
-print("ready", os.getpid(), flush=True)
-while True:
-    time.sleep(1)
-"""
-
-STUBBORN = """
-import os, signal, time
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-print("ready", os.getpid(), flush=True)
-while True:
-    time.sleep(1)
-"""
 
 
 def serve_file(tmp_path: Path, program: str, grace: float = 60.0) -> Path:

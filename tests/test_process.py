@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import taskvisor as tv
-from conftest import FAST, GUARD, SupervisorFactory, group_gone
+from conftest import FAST, GUARD, POLITE, STUBBORN, SupervisorFactory, group_gone
 from taskvisor import OutcomeKind as O
 from taskvisor.process import command
 
@@ -86,29 +86,6 @@ def lines() -> Iterator[Lines]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
-
-
-# A program that says it is ready (with its pid, the group's id) and then waits forever,
-# exiting cleanly on SIGTERM.
-POLITE = """
-    import os, signal, sys, time
-    def bye(signum, frame):
-        print("bye", flush=True)
-        sys.exit(0)
-    signal.signal(signal.SIGTERM, bye)
-    print("ready", os.getpid(), flush=True)
-    while True:
-        time.sleep(1)
-"""
-
-# A program that ignores SIGTERM: only SIGKILL ends it.
-STUBBORN = """
-    import os, signal, time
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    print("ready", os.getpid(), flush=True)
-    while True:
-        time.sleep(1)
-"""
 
 
 # --------------------------------------------------------------------------- exit codes

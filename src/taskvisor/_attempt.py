@@ -85,34 +85,19 @@ def _end(rec: TaskRecord) -> float:
 
 def succeeded(rec: TaskRecord, bus: Bus) -> None:
     """The body returned: publish ``ATTEMPT_SUCCEEDED``."""
-    duration = _end(rec)
-    if bus.listening and not rec.finalized:
-        bus.publish(
-            new_event(
-                EventKind.ATTEMPT_SUCCEEDED,
-                rec.name,
-                rec.id,
-                attempt=rec.attempt,
-                duration=duration,
-            )
-        )
+    _close(rec, bus, EventKind.ATTEMPT_SUCCEEDED)
 
 
 def canceled(rec: TaskRecord, bus: Bus) -> None:
     """The attempt ended by cancellation: publish ``ATTEMPT_CANCELED`` (once per attempt)."""
-    if rec.attempt_started is None:
-        return  # already closed (abandoned by the supervisor)
+    if rec.attempt_started is not None:  # else already closed (abandoned by the supervisor)
+        _close(rec, bus, EventKind.ATTEMPT_CANCELED)
+
+
+def _close(rec: TaskRecord, bus: Bus, kind: EventKind) -> None:
     duration = _end(rec)
     if bus.listening and not rec.finalized:
-        bus.publish(
-            new_event(
-                EventKind.ATTEMPT_CANCELED,
-                rec.name,
-                rec.id,
-                attempt=rec.attempt,
-                duration=duration,
-            )
-        )
+        bus.publish(new_event(kind, rec.name, rec.id, attempt=rec.attempt, duration=duration))
 
 
 def failed(
