@@ -257,3 +257,23 @@ while True:
     time.sleep(1)
 """
 """Ignores SIGTERM: only SIGKILL ends it."""
+
+
+SPEC_OPTIONAL_FIELDS = (
+    "task",
+    "task_id",
+    "attempt",
+    "reason",
+    "exit_code",
+    "delay",
+    "timeout",
+    "duration",
+    "backoff_source",
+    "outcome",
+    "rejection",
+    "slot",
+)
+"""The optional ``Event`` fields of SPEC §6, in their order."""
+
+SPEC_EVENT_FIELDS = ("seq", "at", "kind", *SPEC_OPTIONAL_FIELDS)
+"""Every ``Event`` field of SPEC §6, in order."""

@@ -14,6 +14,7 @@ import typing
 import pytest
 
 import taskvisor
+from conftest import SPEC_OPTIONAL_FIELDS
 from taskvisor import (
     BackoffSource,
     Event,
@@ -48,20 +49,6 @@ SPEC_KINDS = [
     "CONTROLLER_SLOT_TRANSITION",
 ]
 
-SPEC_OPTIONAL_FIELDS = [
-    "task",
-    "task_id",
-    "attempt",
-    "reason",
-    "exit_code",
-    "delay",
-    "timeout",
-    "duration",
-    "backoff_source",
-    "outcome",
-    "rejection",
-    "slot",
-]
 
 # Every public name the SPEC mentions.
 SPEC_NAMES = {

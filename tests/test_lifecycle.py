@@ -9,30 +9,23 @@ import time
 import pytest
 
 import taskvisor as tv
-from conftest import FAST, GUARD, Recorder, SupervisorFactory, forever, succeed
+from conftest import (
+    FAST,
+    GUARD,
+    SPEC_OPTIONAL_FIELDS,
+    Recorder,
+    SupervisorFactory,
+    forever,
+    succeed,
+)
 from taskvisor import EventKind as K
 from taskvisor import OutcomeKind as O
 from taskvisor import RejectionKind as R
 
-_OPTIONAL = (
-    "task",
-    "task_id",
-    "attempt",
-    "reason",
-    "exit_code",
-    "delay",
-    "timeout",
-    "duration",
-    "backoff_source",
-    "outcome",
-    "rejection",
-    "slot",
-)
-
 
 def present(event: tv.Event) -> set[str]:
     """The names of the optional fields an event carries."""
-    return {f for f in _OPTIONAL if getattr(event, f) is not None}
+    return {f for f in SPEC_OPTIONAL_FIELDS if getattr(event, f) is not None}
 
 
 def recording_body(log: list[str], name: str) -> tv.TaskSpec:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import taskvisor as tv
+from conftest import SPEC_EVENT_FIELDS
 from taskvisor._events import new_event
 from taskvisor.subscribers import LogSubscriber
 from taskvisor.testing import EventRecorder
@@ -21,23 +22,6 @@ E = tv.EventKind
 O = tv.OutcomeKind  # noqa: E741
 ROOT = Path(__file__).resolve().parent.parent
 FAST = tv.BackoffPolicy.constant(0.001)
-FIELDS = [
-    "seq",
-    "at",
-    "kind",
-    "task",
-    "task_id",
-    "attempt",
-    "reason",
-    "exit_code",
-    "delay",
-    "timeout",
-    "duration",
-    "backoff_source",
-    "outcome",
-    "rejection",
-    "slot",
-]
 LR = logging.getLevelName
 
 
@@ -75,7 +59,8 @@ async def test_one_record_per_event_with_every_field_in_extra(
     records = tv_records(caplog)
     assert [tvx(r, "seq") for r in records] == [e.seq for e in rec.events]
     for r, e in zip(records, rec.events, strict=True):
-        for field in FIELDS:  # always present, None when absent: format strings never fail
+        # always present, None when absent: format strings never fail
+        for field in SPEC_EVENT_FIELDS:
             assert hasattr(r, "taskvisor_" + field), field
         assert tvx(r, "kind") == e.kind.value
         assert type(tvx(r, "kind")) is str
