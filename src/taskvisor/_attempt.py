@@ -22,13 +22,11 @@ from ._registry import TaskRecord, TaskState
 
 
 class AttemptEnd(enum.Enum):
-    """How one attempt ended."""
+    """How an attempt that raised ended (success and cancellation need no result)."""
 
-    SUCCEEDED = enum.auto()
     FAILED = enum.auto()
     FATAL = enum.auto()
     TIMED_OUT = enum.auto()
-    CANCELED = enum.auto()
 
 
 class AttemptResult:

@@ -204,7 +204,7 @@ class Bus:
                 continue
             call = ref.call
             for index, event in enumerate(log):
-                if skips is not None and index in skips and ch in skips[index]:
+                if skips is not None and _dropped(skips, index, ch):
                     continue
                 if clock is not None and clock() >= until:
                     return
@@ -216,11 +216,7 @@ class Bus:
                     self._panicked(ref, event, exc)
                     continue
                 if result is not None and inspect.isawaitable(result):
-                    rest = [
-                        e
-                        for i, e in enumerate(log)
-                        if i > index and (skips is None or i not in skips or ch not in skips[i])
-                    ]
+                    rest = _unseen(log, skips, ch, start=index + 1)
                     self._promote(ref, ch, result, rest)
                     break
 
@@ -235,12 +231,7 @@ class Bus:
         self._sync = [(r, c) for r, c in self._sync if c is not ch]
         self._update_sync_limit()
         ch.queue.extend(rest)
-        skips = self._skips  # the new log's own drops (rare: this subscriber was full)
-        ch.queue.extend(
-            e
-            for i, e in enumerate(self._log)
-            if skips is None or i not in skips or ch not in skips[i]
-        )
+        ch.queue.extend(_unseen(self._log, self._skips, ch))  # published during this round
         ch.closing = self._closed is not None  # promoted while closing: drain, then stop
         self._channels = (*self._channels, ch)
         assert self._loop is not None
@@ -406,6 +397,23 @@ class Bus:
             self._update_sync_limit()
         finally:
             self._closed.set_result(None)
+
+
+def _dropped(skips: dict[int, list[_Channel]], index: int, ch: _Channel) -> bool:
+    """Whether log entry ``index`` was dropped for ``ch`` (it was full when published)."""
+    dropped = skips.get(index)
+    return dropped is not None and ch in dropped
+
+
+def _unseen(
+    log: list[Event], skips: dict[int, list[_Channel]] | None, ch: _Channel, start: int = 0
+) -> list[Event]:
+    """The entries of a shared log from ``start`` on that are meant for ``ch``, in order."""
+    return [
+        event
+        for index, event in enumerate(log)
+        if index >= start and (skips is None or not _dropped(skips, index, ch))
+    ]
 
 
 def _deliver(

@@ -26,7 +26,7 @@ from ._errors import (
     TaskAlreadyExists,
     TaskTerminationTimeout,
 )
-from ._events import Event, EventKind, new_event
+from ._events import EventKind, new_event
 from ._fanout import Bus, EventStream
 from ._outcome import OutcomeKind, RejectionKind, TaskHandle, TaskOutcome
 from ._registry import Registry, TaskInfo, TaskRecord, TaskState
@@ -166,9 +166,6 @@ class Supervisor:
         return self._closing
 
     # ------------------------------------------------------------------ admission
-
-    def _publish(self, event: Event) -> None:
-        self._bus.publish(event)
 
     def add(self, spec: TaskSpec) -> TaskHandle:
         """Register ``spec`` and start it; its name must not be registered already."""
