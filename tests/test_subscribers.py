@@ -909,3 +909,143 @@ async def test_a_slow_sync_subscriber_is_cut_at_the_close_deadline() -> None:
     assert loop.time() - started < 1.0  # generous: cut near 0.1 s, not after 2 s
     assert len(seen) < len(published)  # the rest was dropped at the deadline
     assert seen == published[: len(seen)]
+
+
+# ------------------------------- packed events: sync subscribers alone, built at delivery
+
+
+def emitted(bus: Bus, task: str) -> None:
+    bus.emit(EventKind.ATTEMPT_STARTING, task, tv.TaskId(7), 1)
+
+
+async def test_a_packed_event_is_an_event_stamped_when_it_was_emitted() -> None:
+    first, second = Counting(), Counting()
+    bus = make_bus(first, second)
+    before = time.time()
+    bus.emit(EventKind.ATTEMPT_SUCCEEDED, "job", tv.TaskId(3), 2, 0.5)
+    bus.emit(EventKind.TASK_ADD_REQUESTED, "job")
+    emitted_by = time.time()  # read before any delivery: that comes at a later loop iteration
+    await bus.close(GUARD)
+    succeeded, requested = first.seen
+    assert type(succeeded) is Event
+    assert type(requested) is Event
+    assert before <= succeeded.at <= requested.at <= emitted_by
+    assert requested.seq == succeeded.seq + 1
+    assert (succeeded.kind, succeeded.task, succeeded.task_id) == (
+        EventKind.ATTEMPT_SUCCEEDED,
+        "job",
+        3,
+    )
+    assert (succeeded.attempt, succeeded.duration, succeeded.reason) == (2, 0.5, None)
+    assert requested.task_id is None
+    assert requested.attempt is None
+    assert succeeded == Event(
+        succeeded.seq,
+        succeeded.at,
+        EventKind.ATTEMPT_SUCCEEDED,
+        "job",
+        tv.TaskId(3),
+        attempt=2,
+        duration=0.5,
+    )
+    # built once, handed to every sync subscriber
+    assert all(a is b for a, b in zip(first.seen, second.seen, strict=True))
+
+
+async def test_packed_and_whole_events_keep_publish_order() -> None:
+    sub = Counting()
+    bus = make_bus(sub)
+    sent: list[str] = []
+    for i in range(6):
+        if i % 2:
+            bus.publish(new_event(EventKind.BACKOFF_SCHEDULED, f"e{i}", delay=0.1))
+        else:
+            emitted(bus, f"e{i}")
+        sent.append(f"e{i}")
+    await bus.close(GUARD)
+    assert [e.task for e in sub.seen] == sent
+    seqs = [e.seq for e in sub.seen]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
+
+
+async def test_emit_beside_a_queue_builds_one_event_for_all() -> None:
+    sync_sub, gated = Counting(), Gated()
+    gated.gate.set()
+    bus = make_bus(sync_sub, gated)
+    emitted(bus, "x")
+    await bus.close(GUARD)
+    assert len(sync_sub.seen) == len(gated.seen) == 1
+    assert sync_sub.seen[0] is gated.seen[0]
+
+
+async def test_emit_closing_and_emit_each_keep_capacities_exact() -> None:
+    small, big = Counting(capacity=3), Counting()
+    bus = make_bus(small, big)
+    emitted(bus, "first")
+    bus.emit_closing("job", tv.TaskId(9), tv.OutcomeKind.COMPLETED)  # exactly fills small
+    bus.emit_each(EventKind.TASK_ADD_REQUESTED, ["a", "b"])  # no room left in small
+    await bus.close(GUARD)
+    kinds = [e.kind for e in small.seen]
+    assert kinds == [EventKind.ATTEMPT_STARTING, EventKind.TASK_FINISHED, EventKind.TASK_REMOVED]
+    assert small.seen[1].outcome is tv.OutcomeKind.COMPLETED
+    assert small.seen[1].reason is None
+    assert small.seen[1].at == small.seen[2].at  # one act, one clock reading
+    assert [e.task for e in ordinary(big.seen)] == ["first", "job", "job", "a", "b"]
+    assert [e.task for e in big.seen if e.kind is OVERFLOW] == ["Counting", "Counting"]
+
+
+async def test_emit_closing_with_room_for_one_drops_only_the_second() -> None:
+    small, big = Counting(capacity=2), Counting()
+    bus = make_bus(small, big)
+    emitted(bus, "first")
+    bus.emit_closing("job", tv.TaskId(9), tv.OutcomeKind.COMPLETED)
+    await bus.close(GUARD)
+    assert [e.kind for e in small.seen] == [EventKind.ATTEMPT_STARTING, EventKind.TASK_FINISHED]
+    assert len(ordinary(big.seen)) == 3
+    assert [e.reason for e in big.seen if e.kind is OVERFLOW] == ["full"]
+
+
+async def test_a_sync_on_event_returning_an_awaitable_mid_round_gets_the_rest_in_order() -> None:
+    seen: list[str] = []
+    other = Counting()
+
+    async def record(event: Event) -> None:
+        await asyncio.sleep(0)
+        seen.append(event.task or "")
+
+    def sometimes_async(event: Event) -> Awaitable[None] | None:
+        if event.task == "e2":
+            return record(event)
+        seen.append(event.task or "")
+        return None
+
+    bus = make_bus(sometimes_async, other)
+    for i in range(4):
+        emitted(bus, f"e{i}")
+    bus.publish(new_event(EventKind.BACKOFF_SCHEDULED, "e4", delay=0.1))
+    emitted(bus, "e5")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    emitted(bus, "e6")
+    await bus.close(GUARD)
+    assert seen == [f"e{i}" for i in range(7)]
+    assert [e.task for e in ordinary(other.seen)] == [f"e{i}" for i in range(7)]
+
+
+async def test_a_batch_through_a_small_sync_subscriber_drops_exactly_its_excess() -> None:
+    small, big = Counting(capacity=5), Counting(capacity=100_000)
+    sup = tv.Supervisor(tv.SupervisorConfig(handle_signals=False), subscribers=[small, big])
+    await asyncio.wait_for(sup.run([tv.TaskSpec.once(f"t{i}", _noop) for i in range(50)]), GUARD)
+    everything = ordinary(big.seen)
+    assert len(everything) == 50 * 6 + 2  # six per task, shutdown requested, all stopped
+    # small gets room again every round: what it saw is an in-order part of everything
+    remaining = iter(everything)
+    assert all(any(e is other for other in remaining) for e in ordinary(small.seen))
+    dropped_for_small = [e for e in big.seen if e.kind is OVERFLOW and e.task == "Counting"]
+    assert len(ordinary(small.seen)) + len(dropped_for_small) == len(everything)
+    assert dropped_for_small  # the batch did overflow it
+
+
+async def _noop() -> None:
+    pass

@@ -65,7 +65,7 @@ def begin(rec: TaskRecord, bus: Bus) -> Awaitable[Any]:
     attempt = rec.attempt
     rec.state = TaskState.RUNNING
     if bus.listening:
-        bus.publish(new_event(EventKind.ATTEMPT_STARTING, rec.name, rec.id, attempt=attempt))
+        bus.emit(EventKind.ATTEMPT_STARTING, rec.name, rec.id, attempt)
     rec.attempt_started = time.perf_counter()  # cleared by the terminal event
     spec = rec.spec
     fn: Callable[..., Awaitable[Any]] = spec.fn
@@ -95,7 +95,7 @@ def canceled(rec: TaskRecord, bus: Bus) -> None:
 def _close(rec: TaskRecord, bus: Bus, kind: EventKind) -> None:
     duration = _end(rec)
     if bus.listening and not rec.finalized:
-        bus.publish(new_event(kind, rec.name, rec.id, attempt=rec.attempt, duration=duration))
+        bus.emit(kind, rec.name, rec.id, rec.attempt, duration)
 
 
 def failed(

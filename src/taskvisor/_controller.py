@@ -289,7 +289,7 @@ class Controller:
         name = sub.spec.name
         bus = sup._bus
         if bus.listening:
-            bus.publish(new_event(EventKind.TASK_ADD_REQUESTED, name))
+            bus.emit(EventKind.TASK_ADD_REQUESTED, name)
         if sup._registry.has_name(name):
             sup._reject(name, sub.id, RejectionKind.ALREADY_EXISTS)
             self._reject(sub, RejectionKind.ALREADY_EXISTS)

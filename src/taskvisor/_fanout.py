@@ -2,7 +2,8 @@
 
 ::
 
-    publish(event) ─┬─► [shared log] ──► _dispatch (once per loop iteration) ──► sync on_event()s
+    emit(kind, …)  ─┐
+    publish(event) ─┼─► [shared log] ──► _dispatch (once per loop iteration) ──► sync on_event()s
                     ├─► [queue 1] ──► worker 1 ──► async subscriber1.on_event()
                     ├─► [queue 2] ──► worker 2 ──► blocking subscriber2 (in its own thread)
                     └─► [stream ] ──► ``async for event in sup.events()``
@@ -13,6 +14,13 @@ callback per loop iteration: one append per event for all of them, no task switc
 capacities stay exact and their own: an event that finds one of them full is recorded as
 skipped for that one only (``_skips``). A sync ``on_event`` runs on the loop in either
 design, so a slow one delays the loop the same way; nothing else is shared.
+
+Packed events: the supervisor publishes its plain lifecycle events through ``emit`` (kind,
+task, id, attempt, duration, outcome; stamped with ``seq`` and ``at`` there). When only sync
+subscribers listen, ``emit`` appends those plain values to the shared log and ``_dispatch``
+builds the ``Event`` as it hands it out (see ``_events.RECORD``): each event then lives only
+while it is delivered, so a burst of thousands of tasks leaves no thousands of events for
+the garbage collector to walk. With a queue to fill, ``emit`` builds the event at once.
 
 Rules: publishing never blocks and never awaits; a full queue drops that event for that
 subscriber only and publishes ``SUBSCRIBER_OVERFLOW``; an ``on_event`` that raises is reported
@@ -33,7 +41,20 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from ._events import DIAGNOSTIC_KINDS, Event, EventKind, new_event
+from ._context import TaskId
+from ._events import (
+    DIAGNOSTIC_KINDS,
+    RECORD,
+    Event,
+    EventDraft,
+    EventKind,
+    new_event,
+    next_seq,
+    packed,
+    unpack,
+    wall_clock,
+)
+from ._outcome import OutcomeKind
 from ._subscriber import DEFAULT_QUEUE_CAPACITY, EventCallback, SubscriberRef
 
 _T = TypeVar("_T")
@@ -140,9 +161,10 @@ class Bus:
         # in order. Their backlogs are equal but for the events dropped for one of them
         # (``_skips``: log index -> channels that must not get it; ``_Channel.skipped``).
         self._sync: list[tuple[SubscriberRef, _Channel]] = []
-        self._log: list[Event] = []
+        self._log: list[Any] = []  # packed events (``_events.RECORD`` values each)
         self._skips: dict[int, list[_Channel]] | None = None
-        self._sync_limit = 0  # below this log length every sync subscriber has room
+        self._sync_room = 0
+        self._pack_room = 0
         self._dispatch_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -167,10 +189,14 @@ class Bus:
             )
         sync_channels = {id(ch) for _, ch in self._sync}
         self._channels = tuple(ch for ch in self._channels if id(ch) not in sync_channels)
-        self._update_sync_limit()
+        self._update_rooms()
 
-    def _update_sync_limit(self) -> None:
-        self._sync_limit = min((ch.limit for _, ch in self._sync), default=0)
+    def _update_rooms(self) -> None:
+        """Recompute what ``publish`` and ``emit`` check, after any change of subscribers."""
+        # Below this log length (in values, not events) every sync subscriber has room.
+        self._sync_room = RECORD * min((ch.limit for _, ch in self._sync), default=0)
+        # ``emit`` packs only when sync subscribers alone listen: a queue needs the Event.
+        self._pack_room = 0 if self._channels else self._sync_room
 
     def _schedule_dispatch(self) -> None:
         if self._sync and not self._dispatch_scheduled and self._loop is not None:
@@ -178,10 +204,11 @@ class Bus:
             self._loop.call_soon(self._dispatch)
 
     def _dispatch(self, deadline: float | None = None) -> None:
-        """Hand the shared log to every sync subscriber, each in order; then start a new log.
+        """Hand the shared log to the sync subscribers, event by event; then start a new log.
 
         Cheaper than a queue and a worker task per subscriber (no future, no task switch, one
         append per event for all of them): a sync ``on_event`` runs on the loop either way.
+        Each packed event is built once, handed to every sync subscriber in turn, and freed.
         A raising subscriber is reported and the others go on; one whose ``on_event`` turns
         out to return an awaitable is handed to a worker of its own from that event on. With
         a ``deadline`` (the drain at close), what is not delivered by then is dropped.
@@ -193,21 +220,68 @@ class Bus:
         skips = self._skips
         self._log = []  # what is published meanwhile (diagnostics) goes to the next round
         self._skips = None
-        members = self._sync
-        for _, ch in members:
+        members = [(ref.call, ref, ch) for ref, ch in self._sync if not ch.closed]
+        calls = [m[0] for m in members]
+        for _, ch in self._sync:
             ch.skipped = 0
         # Only the drain at close has a deadline; the clock is read only then.
         clock = self._loop.time if deadline is not None and self._loop is not None else None
         until = math.inf if deadline is None else deadline
-        for ref, ch in members:
-            if ch.closed:
-                continue
-            call = ref.call
-            for index, event in enumerate(log):
-                if skips is not None and _dropped(skips, index, ch):
-                    continue
+        promoted: list[_Channel] = []
+        rare = clock is not None or skips is not None  # else the per-event checks are skipped
+        index = -1
+        it = iter(log)
+        # The packed runs are unpacked inline (see ``_events.unpack``): this loop is the hot
+        # path of every event bound for sync subscribers.
+        for kind, seq, at, task, task_id, attempt, duration, outcome in zip(
+            it, it, it, it, it, it, it, it, strict=True
+        ):
+            index += 1
+            event: Any
+            if kind is None:
+                event = seq  # stored whole
+            else:
+                event = EventDraft()
+                event.seq = seq
+                event.at = at
+                event.kind = kind
+                event.task = task
+                if task_id is not None:
+                    event.task_id = task_id
+                if attempt is not None:
+                    event.attempt = attempt
+                if duration is not None:
+                    event.duration = duration
+                if outcome is not None:
+                    event.outcome = outcome
+                event.__class__ = Event
+            if rare:
                 if clock is not None and clock() >= until:
                     return
+                for ch in promoted:  # moved to a worker of its own during this round
+                    if skips is None or not _dropped(skips, index, ch):
+                        ch.queue.append(event)
+            if not rare:  # the common case, kept lean: no skips, no deadline, no promotion
+                for call in calls:
+                    try:
+                        result = call(event)
+                    except (KeyboardInterrupt, SystemExit):
+                        raise
+                    except BaseException as exc:  # a subscriber's bug, CancelledError included
+                        self._panicked(_member(members, call)[1], event, exc)
+                        continue
+                    if result is not None and inspect.isawaitable(result):
+                        # the loop goes on over the old list: the others still get this event
+                        _, ref, ch = _member(members, call)
+                        members = [m for m in members if m[2] is not ch]
+                        calls = [m[0] for m in members]
+                        promoted.append(ch)
+                        rare = True
+                        self._promote(ref, ch, result)
+                continue
+            for call, ref, ch in members:
+                if skips is not None and _dropped(skips, index, ch):
+                    continue
                 try:
                     result = call(event)
                 except (KeyboardInterrupt, SystemExit):
@@ -216,30 +290,88 @@ class Bus:
                     self._panicked(ref, event, exc)
                     continue
                 if result is not None and inspect.isawaitable(result):
-                    rest = _unseen(log, skips, ch, start=index + 1)
-                    self._promote(ref, ch, result, rest)
-                    break
+                    members = [m for m in members if m[2] is not ch]
+                    calls = [m[0] for m in members]
+                    promoted.append(ch)
+                    rare = True
+                    self._promote(ref, ch, result)
+        if promoted:
+            # What was published during this round: built now, so that the promoted ones'
+            # queues and the next round share the same objects.
+            events = list(unpack(self._log))
+            self._log = [value for event in events for value in packed(event)]
+            for ch in promoted:
+                ch.queue.extend(_unseen(events, self._skips, ch))
 
-    def _promote(
-        self, ref: SubscriberRef, ch: _Channel, pending: Awaitable[Any], rest: list[Event]
-    ) -> None:
+    def _promote(self, ref: SubscriberRef, ch: _Channel, pending: Awaitable[Any]) -> None:
         """Move a "sync" subscriber that returned an awaitable onto a worker of its own.
 
-        The worker awaits that awaitable first; the events the subscriber has not seen yet
-        go to its own queue, in order.
+        The worker awaits that awaitable first, then the subscriber's own queue, which
+        ``_dispatch`` fills with the events it has not seen yet, in order.
         """
         self._sync = [(r, c) for r, c in self._sync if c is not ch]
-        self._update_sync_limit()
-        ch.queue.extend(rest)
-        ch.queue.extend(_unseen(self._log, self._skips, ch))  # published during this round
         ch.closing = self._closed is not None  # promoted while closing: drain, then stop
         self._channels = (*self._channels, ch)
+        self._update_rooms()
         assert self._loop is not None
         self._workers.append(
             self._loop.create_task(
                 self._work(ref, ch, None, pending), name=f"taskvisor-sub-{ref.name}"
             )
         )
+
+    def emit(
+        self,
+        kind: EventKind,
+        task: str,
+        task_id: TaskId | None = None,
+        attempt: int | None = None,
+        duration: float | None = None,
+        outcome: OutcomeKind | None = None,
+    ) -> None:
+        """Publish a plain lifecycle event (the fields named here only), as ``publish`` does.
+
+        When only sync subscribers listen, the event is packed into the shared log and built
+        at delivery (see ``_events.unpack``); a queue needs the ``Event`` itself, built now.
+        """
+        log = self._log
+        if len(log) < self._pack_room:
+            log += (kind, next_seq(), wall_clock(), task, task_id, attempt, duration, outcome)
+            if not self._dispatch_scheduled:
+                self._schedule_dispatch()
+        else:
+            self.publish(
+                new_event(kind, task, task_id, attempt=attempt, duration=duration, outcome=outcome)
+            )
+
+    def emit_each(self, kind: EventKind, tasks: list[str]) -> None:
+        """``emit(kind, task)`` for each of ``tasks`` in order, with one clock reading.
+
+        A batch's admission requests are one act, so they share their ``at``.
+        """
+        if RECORD * len(tasks) > self._pack_room - len(self._log):
+            for task in tasks:
+                self.emit(kind, task)
+            return
+        log = self._log
+        at = wall_clock()
+        for task in tasks:
+            log += (kind, next_seq(), at, task, None, None, None, None)
+        if not self._dispatch_scheduled:
+            self._schedule_dispatch()
+
+    def emit_closing(self, task: str, task_id: TaskId, outcome: OutcomeKind) -> None:
+        """``TASK_FINISHED`` (with ``outcome`` only) then ``TASK_REMOVED``: one clock reading."""
+        log = self._log
+        if len(log) + RECORD < self._pack_room:
+            at = wall_clock()
+            log += (EventKind.TASK_FINISHED, next_seq(), at, task, task_id, None, None, outcome)
+            log += (EventKind.TASK_REMOVED, next_seq(), at, task, task_id, None, None, None)
+            if not self._dispatch_scheduled:
+                self._schedule_dispatch()
+        else:
+            self.emit(EventKind.TASK_FINISHED, task, task_id, outcome=outcome)
+            self.emit(EventKind.TASK_REMOVED, task, task_id)
 
     def publish(self, event: Event) -> None:
         """Offer ``event`` to every subscriber without blocking; report those that refuse it."""
@@ -248,11 +380,11 @@ class Bus:
         overflowed: list[tuple[str, str]] | None = None
         if self._sync:
             log = self._log
-            n = len(log)
-            if n < self._sync_limit:
-                log.append(event)
+            if len(log) < self._sync_room:
+                log += packed(event)
             else:
                 # Some sync subscriber may be full (or closed): find which, exactly.
+                n = len(log) // RECORD
                 full = [ch for _, ch in self._sync if n - ch.skipped >= ch.limit]
                 if len(full) < len(self._sync):
                     if full:
@@ -261,7 +393,7 @@ class Bus:
                         self._skips[n] = full
                         for ch in full:
                             ch.skipped += 1
-                    log.append(event)
+                    log += packed(event)
                 if full and event.kind not in DIAGNOSTIC_KINDS:
                     overflowed = [(ch.name, "closed" if ch.closed else "full") for ch in full]
             if not self._dispatch_scheduled:
@@ -358,12 +490,14 @@ class Bus:
         else:
             self._channels = (*self._channels, ch)
             self.listening = True
+            self._update_rooms()
         return EventStream(self, ch)
 
     def _unsubscribe(self, ch: _Channel) -> None:
         ch.close()
         self._channels = tuple(c for c in self._channels if c is not ch)
         self.listening = bool(self._channels) or bool(self._sync)
+        self._update_rooms()
         ch.wake()
 
     async def close(self, timeout: float) -> None:
@@ -394,9 +528,16 @@ class Bus:
             # subscriber gets nothing more all the same (later publishes report "closed").
             for ch in self._sub_channels:
                 ch.close()
-            self._update_sync_limit()
+            self._update_rooms()
         finally:
             self._closed.set_result(None)
+
+
+def _member(
+    members: list[tuple[EventCallback, SubscriberRef, _Channel]], call: EventCallback
+) -> tuple[EventCallback, SubscriberRef, _Channel]:
+    """The sync subscriber whose ``on_event`` is ``call`` (the rare paths of ``_dispatch``)."""
+    return next(m for m in members if m[0] is call)
 
 
 def _dropped(skips: dict[int, list[_Channel]], index: int, ch: _Channel) -> bool:
@@ -406,13 +547,13 @@ def _dropped(skips: dict[int, list[_Channel]], index: int, ch: _Channel) -> bool
 
 
 def _unseen(
-    log: list[Event], skips: dict[int, list[_Channel]] | None, ch: _Channel, start: int = 0
+    events: list[Event], skips: dict[int, list[_Channel]] | None, ch: _Channel
 ) -> list[Event]:
-    """The entries of a shared log from ``start`` on that are meant for ``ch``, in order."""
+    """The events of a shared log that are meant for ``ch``, in order."""
     return [
         event
-        for index, event in enumerate(log)
-        if index >= start and (skips is None or not _dropped(skips, index, ch))
+        for index, event in enumerate(events)
+        if skips is None or not _dropped(skips, index, ch)
     ]
 
 

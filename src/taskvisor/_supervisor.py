@@ -176,7 +176,7 @@ class Supervisor:
             raise SupervisorClosed("the supervisor is shutting down; no more tasks are admitted")
         bus = self._bus
         if bus.listening:
-            bus.publish(new_event(EventKind.TASK_ADD_REQUESTED, spec.name))
+            bus.emit(EventKind.TASK_ADD_REQUESTED, spec.name)
         if self._registry.has_name(spec.name):
             self._reject(spec.name, None, RejectionKind.ALREADY_EXISTS)
             raise TaskAlreadyExists(spec.name)
@@ -213,7 +213,7 @@ class Supervisor:
         rec = TaskRecord(task_id, spec, future, on_cleanup)
         self._registry.insert(rec)
         if self._bus.listening:
-            self._bus.publish(new_event(EventKind.TASK_ADDED, rec.name, task_id))
+            self._bus.emit(EventKind.TASK_ADDED, rec.name, task_id)
         runner = loop.create_task(
             drive(rec, self._defaults, self._bus, self._slots, self._finish),
             name=f"taskvisor:{rec.name}",
@@ -232,21 +232,24 @@ class Supervisor:
             rec.timers = None
         if self._slots is not None:
             self._slots.release(rec)
+        self._registry.release(rec)
         bus = self._bus
         if bus.listening:
-            bus.publish(
-                new_event(
-                    EventKind.TASK_FINISHED,
-                    rec.name,
-                    rec.id,
-                    outcome=outcome.kind,
-                    reason=outcome.reason,
-                    exit_code=outcome.exit_code,
+            # TASK_FINISHED, then TASK_REMOVED (the name is released by now)
+            if outcome.reason is None and outcome.exit_code is None:
+                bus.emit_closing(rec.name, rec.id, outcome.kind)
+            else:
+                bus.publish(
+                    new_event(
+                        EventKind.TASK_FINISHED,
+                        rec.name,
+                        rec.id,
+                        outcome=outcome.kind,
+                        reason=outcome.reason,
+                        exit_code=outcome.exit_code,
+                    )
                 )
-            )
-        self._registry.release(rec)
-        if bus.listening:
-            bus.publish(new_event(EventKind.TASK_REMOVED, rec.name, rec.id))
+                bus.emit(EventKind.TASK_REMOVED, rec.name, rec.id)
         rec.runner = None  # the runner is ending (it called us); drop the reference
         rec.resolve(outcome)
         if rec.on_cleanup is not None:
@@ -267,7 +270,7 @@ class Supervisor:
             return False
         rec.request()
         if self._bus.listening:
-            self._bus.publish(new_event(EventKind.TASK_REMOVE_REQUESTED, rec.name, rec.id))
+            self._bus.emit(EventKind.TASK_REMOVE_REQUESTED, rec.name, rec.id)
         runner = rec.runner
         # A runner that has not begun sees the request at its first step; cancelling it now
         # would skip its coroutine entirely, and with it the cleanup.
@@ -437,8 +440,7 @@ class Supervisor:
     def _admit_batch(self, batch: _List[TaskSpec]) -> None:
         bus = self._bus
         if bus.listening:
-            for spec in batch:
-                bus.publish(new_event(EventKind.TASK_ADD_REQUESTED, spec.name))
+            bus.emit_each(EventKind.TASK_ADD_REQUESTED, [spec.name for spec in batch])
         seen: set[str] = set()
         conflicts: set[str] = set()
         first: str | None = None
