@@ -38,7 +38,8 @@ import queue as _queue
 import threading
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from ._context import TaskId
@@ -56,6 +57,11 @@ from ._events import (
 )
 from ._outcome import OutcomeKind
 from ._subscriber import DEFAULT_QUEUE_CAPACITY, EventCallback, SubscriberRef
+
+# Enum members as module constants: ``EventKind.X`` costs ~75 ns on CPython 3.11 (the enum
+# metaclass's attribute hook), a module global ~5 ns; these are read on every task's path.
+_FINISHED = EventKind.TASK_FINISHED
+_REMOVED = EventKind.TASK_REMOVED
 
 _T = TypeVar("_T")
 
@@ -115,11 +121,23 @@ def _fail(fut: asyncio.Future[_T], exc: BaseException) -> None:
 class _Channel:
     """One subscriber's queue and the state of whoever consumes it."""
 
-    __slots__ = ("capacity", "closed", "closing", "limit", "name", "queue", "skipped", "waiter")
+    __slots__ = (
+        "backlog",
+        "capacity",
+        "closed",
+        "closing",
+        "kinds",
+        "limit",
+        "name",
+        "queue",
+        "skipped",
+        "waiter",
+    )
 
-    def __init__(self, name: str, capacity: int) -> None:
+    def __init__(self, name: str, capacity: int, kinds: frozenset[EventKind] | None = None) -> None:
         self.name = name
         self.capacity = capacity
+        self.kinds = kinds  # the kinds it gets; None: every kind
         # What ``publish`` checks: the capacity while open, 0 once closed (one test per event).
         self.limit = capacity
         self.queue: deque[Event] = deque()
@@ -127,6 +145,13 @@ class _Channel:
         self.closing = False  # no more waiting: drain what is queued, then stop
         self.closed = False  # the consumer has stopped: every publish overflows "closed"
         self.skipped = 0  # sync subscribers: events of the shared log dropped for this one
+        # Sync subscribers with ``kinds``: events of the shared log meant for this one (exact
+        # only while ``Bus._backlogs_valid``; see ``Bus._backlog``).
+        self.backlog = 0
+
+    def wants(self, kind: EventKind) -> bool:
+        """Whether this subscriber gets events of ``kind``."""
+        return self.kinds is None or kind in self.kinds
 
     def close(self) -> None:
         """The consumer has stopped: drop what is queued; later events overflow "closed"."""
@@ -149,7 +174,9 @@ class Bus:
         self._refs = subscribers
         # The subscribers' own channels; ``_channels`` (what ``publish`` offers to) also holds
         # the ``EventStream`` channels, which may be added before ``start``.
-        self._sub_channels = tuple(_Channel(ref.name, ref.capacity) for ref in subscribers)
+        self._sub_channels = tuple(
+            _Channel(ref.name, ref.capacity, ref.kinds) for ref in subscribers
+        )
         self._channels: tuple[_Channel, ...] = self._sub_channels
         self.listening = bool(self._channels)
         """Whether any queue would receive an event: publishers skip building events when not.
@@ -165,10 +192,19 @@ class Bus:
         self._skips: dict[int, list[_Channel]] | None = None
         self._sync_room = 0
         self._pack_room = 0
+        self._backlogs_valid = False  # see ``_backlog``
+        self._filtering = False  # some sync subscriber has ``kinds``
+        self._wanted: frozenset[EventKind] = frozenset()  # kinds someone gets
+        self._counts = dict.fromkeys(EventKind, 0)
+        self._counting = False  # see ``count_events``
+        # ``emit`` checks kinds (to count them, or to skip those nobody gets) only when True:
+        # with neither counts nor filters, a plain lifecycle event costs one append.
+        self._careful = False
         self._dispatch_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._closed: asyncio.Future[None] | None = None
+        self._update_rooms()
 
     def start(self) -> None:
         """Spawn one worker per subscriber on the running loop. Idempotent."""
@@ -193,10 +229,48 @@ class Bus:
 
     def _update_rooms(self) -> None:
         """Recompute what ``publish`` and ``emit`` check, after any change of subscribers."""
-        # Below this log length (in values, not events) every sync subscriber has room.
+        # Below this log length (in values, not events) every sync subscriber has room: a
+        # filtered one gets at most every event of the log.
         self._sync_room = RECORD * min((ch.limit for _, ch in self._sync), default=0)
         # ``emit`` packs only when sync subscribers alone listen: a queue needs the Event.
         self._pack_room = 0 if self._channels else self._sync_room
+        self._filtering = any(ch.kinds is not None for _, ch in self._sync)
+        everyone = {id(ch): ch for ch in (*self._sub_channels, *self._channels)}
+        wanted: set[EventKind] = set()
+        for ch in everyone.values():
+            wanted.update(EventKind if ch.kinds is None else ch.kinds)
+        self._wanted = frozenset(wanted)
+        self._careful = self._counting or len(self._wanted) < len(EventKind)
+
+    def count_events(self) -> Mapping[EventKind, int]:
+        """Count every event published from now on, by kind; a live read-only view.
+
+        Counting is off until first asked for (it costs a dictionary update per event).
+        """
+        if not self._counting:
+            self._counting = True
+            self._update_rooms()
+        return MappingProxyType(self._counts)
+
+    def _backlog(self, ch: _Channel, n: int) -> int:
+        """How many of the ``n`` events of the shared log are meant for sync subscriber ``ch``.
+
+        Only the slow path of ``publish`` (some sync subscriber may be full) asks, and from
+        its first question in a round on, it keeps the filtered ones' counts up to date.
+        """
+        if ch.kinds is None:
+            return n - ch.skipped
+        if not self._backlogs_valid:
+            self._backlogs_valid = True
+            log = self._log  # no skips yet: they begin on this slow path
+            kinds = [
+                kind if kind is not None else log[RECORD * i + 1].kind
+                for i, kind in enumerate(log[::RECORD])
+            ]
+            for _, member in self._sync:
+                if member.kinds is not None:
+                    member.backlog = sum(kind in member.kinds for kind in kinds)
+        return ch.backlog
 
     def _schedule_dispatch(self) -> None:
         if self._sync and not self._dispatch_scheduled and self._loop is not None:
@@ -220,10 +294,13 @@ class Bus:
         skips = self._skips
         self._log = []  # what is published meanwhile (diagnostics) goes to the next round
         self._skips = None
+        self._backlogs_valid = False
         members = [(ref.call, ref, ch) for ref, ch in self._sync if not ch.closed]
         calls = [m[0] for m in members]
+        by_kind = _calls_by_kind(members) if self._filtering else None
         for _, ch in self._sync:
             ch.skipped = 0
+            ch.backlog = 0
         # Only the drain at close has a deadline; the clock is read only then.
         clock = self._loop.time if deadline is not None and self._loop is not None else None
         until = math.inf if deadline is None else deadline
@@ -259,10 +336,10 @@ class Bus:
                 if clock is not None and clock() >= until:
                     return
                 for ch in promoted:  # moved to a worker of its own during this round
-                    if skips is None or not _dropped(skips, index, ch):
+                    if ch.wants(event.kind) and (skips is None or not _dropped(skips, index, ch)):
                         ch.queue.append(event)
             if not rare:  # the common case, kept lean: no skips, no deadline, no promotion
-                for call in calls:
+                for call in calls if by_kind is None else by_kind[event.kind]:
                     try:
                         result = call(event)
                     except (KeyboardInterrupt, SystemExit):
@@ -275,12 +352,13 @@ class Bus:
                         _, ref, ch = _member(members, call)
                         members = [m for m in members if m[2] is not ch]
                         calls = [m[0] for m in members]
+                        by_kind = _calls_by_kind(members) if by_kind is not None else None
                         promoted.append(ch)
                         rare = True
                         self._promote(ref, ch, result)
                 continue
             for call, ref, ch in members:
-                if skips is not None and _dropped(skips, index, ch):
+                if not ch.wants(event.kind) or (skips is not None and _dropped(skips, index, ch)):
                     continue
                 try:
                     result = call(event)
@@ -292,6 +370,7 @@ class Bus:
                 if result is not None and inspect.isawaitable(result):
                     members = [m for m in members if m[2] is not ch]
                     calls = [m[0] for m in members]
+                    by_kind = _calls_by_kind(members) if by_kind is not None else None
                     promoted.append(ch)
                     rare = True
                     self._promote(ref, ch, result)
@@ -334,13 +413,18 @@ class Bus:
         When only sync subscribers listen, the event is packed into the shared log and built
         at delivery (see ``_events.unpack``); a queue needs the ``Event`` itself, built now.
         """
+        if self._careful:
+            if self._counting:
+                self._counts[kind] += 1
+            if kind not in self._wanted:  # nobody gets it: never built
+                return
         log = self._log
         if len(log) < self._pack_room:
             log += (kind, next_seq(), wall_clock(), task, task_id, attempt, duration, outcome)
             if not self._dispatch_scheduled:
                 self._schedule_dispatch()
         else:
-            self.publish(
+            self._offer(
                 new_event(kind, task, task_id, attempt=attempt, duration=duration, outcome=outcome)
             )
 
@@ -349,7 +433,7 @@ class Bus:
 
         A batch's admission requests are one act, so they share their ``at``.
         """
-        if RECORD * len(tasks) > self._pack_room - len(self._log):
+        if self._careful or RECORD * len(tasks) > self._pack_room - len(self._log):
             for task in tasks:
                 self.emit(kind, task)
             return
@@ -363,42 +447,41 @@ class Bus:
     def emit_closing(self, task: str, task_id: TaskId, outcome: OutcomeKind) -> None:
         """``TASK_FINISHED`` (with ``outcome`` only) then ``TASK_REMOVED``: one clock reading."""
         log = self._log
-        if len(log) + RECORD < self._pack_room:
+        if not self._careful and len(log) + RECORD < self._pack_room:
             at = wall_clock()
-            log += (EventKind.TASK_FINISHED, next_seq(), at, task, task_id, None, None, outcome)
-            log += (EventKind.TASK_REMOVED, next_seq(), at, task, task_id, None, None, None)
+            log += (_FINISHED, next_seq(), at, task, task_id, None, None, outcome)
+            log += (_REMOVED, next_seq(), at, task, task_id, None, None, None)
             if not self._dispatch_scheduled:
                 self._schedule_dispatch()
         else:
-            self.emit(EventKind.TASK_FINISHED, task, task_id, outcome=outcome)
-            self.emit(EventKind.TASK_REMOVED, task, task_id)
+            self.emit(_FINISHED, task, task_id, outcome=outcome)
+            self.emit(_REMOVED, task, task_id)
 
     def publish(self, event: Event) -> None:
         """Offer ``event`` to every subscriber without blocking; report those that refuse it."""
         if not self.listening:
+            return
+        if self._counting:
+            self._counts[event.kind] += 1
+        self._offer(event)
+
+    def _offer(self, event: Event) -> None:
+        """``publish`` without the counting (``emit`` has counted the event already)."""
+        kind = event.kind
+        if kind not in self._wanted:
             return
         overflowed: list[tuple[str, str]] | None = None
         if self._sync:
             log = self._log
             if len(log) < self._sync_room:
                 log += packed(event)
+                if not self._dispatch_scheduled:
+                    self._schedule_dispatch()
             else:
-                # Some sync subscriber may be full (or closed): find which, exactly.
-                n = len(log) // RECORD
-                full = [ch for _, ch in self._sync if n - ch.skipped >= ch.limit]
-                if len(full) < len(self._sync):
-                    if full:
-                        if self._skips is None:
-                            self._skips = {}
-                        self._skips[n] = full
-                        for ch in full:
-                            ch.skipped += 1
-                    log += packed(event)
-                if full and event.kind not in DIAGNOSTIC_KINDS:
-                    overflowed = [(ch.name, "closed" if ch.closed else "full") for ch in full]
-            if not self._dispatch_scheduled:
-                self._schedule_dispatch()
+                overflowed = self._offer_slowly(event)
         for ch in self._channels:
+            if ch.kinds is not None and kind not in ch.kinds:
+                continue
             queue = ch.queue
             if len(queue) < ch.limit:
                 queue.append(event)
@@ -411,6 +494,33 @@ class Bus:
         if overflowed:
             for name, reason in overflowed:
                 self.publish(new_event(EventKind.SUBSCRIBER_OVERFLOW, name, reason=reason))
+
+    def _offer_slowly(self, event: Event) -> list[tuple[str, str]] | None:
+        """Append ``event`` to the shared log, some sync subscriber being maybe full or closed.
+
+        Finds which, exactly: the event is skipped for those, and reported (returned).
+        """
+        log = self._log
+        n = len(log) // RECORD
+        kind = event.kind
+        takers = [ch for _, ch in self._sync if ch.wants(kind)]
+        full = [ch for ch in takers if self._backlog(ch, n) >= ch.limit]
+        if len(full) < len(takers):
+            if full:
+                if self._skips is None:
+                    self._skips = {}
+                self._skips[n] = full
+                for ch in full:
+                    ch.skipped += 1
+            for ch in takers:
+                if ch.kinds is not None and ch not in full:
+                    ch.backlog += 1
+            log += packed(event)
+            if not self._dispatch_scheduled:
+                self._schedule_dispatch()
+        if full and kind not in DIAGNOSTIC_KINDS:
+            return [(ch.name, "closed" if ch.closed else "full") for ch in full]
+        return None
 
     async def _work(
         self,
@@ -533,6 +643,13 @@ class Bus:
             self._closed.set_result(None)
 
 
+def _calls_by_kind(
+    members: list[tuple[EventCallback, SubscriberRef, _Channel]],
+) -> dict[EventKind, list[EventCallback]]:
+    """For each kind, the sync subscribers' ``on_event`` that get it, in order."""
+    return {kind: [m[0] for m in members if m[2].wants(kind)] for kind in EventKind}
+
+
 def _member(
     members: list[tuple[EventCallback, SubscriberRef, _Channel]], call: EventCallback
 ) -> tuple[EventCallback, SubscriberRef, _Channel]:
@@ -553,7 +670,7 @@ def _unseen(
     return [
         event
         for index, event in enumerate(events)
-        if skips is None or not _dropped(skips, index, ch)
+        if ch.wants(event.kind) and (skips is None or not _dropped(skips, index, ch))
     ]
 
 

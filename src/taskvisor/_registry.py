@@ -30,6 +30,9 @@ class TaskState(enum.StrEnum):
     """A stop was requested; cleanup has not finished yet."""
 
 
+_WAITING = TaskState.WAITING  # a module global: ``TaskState.X`` costs ~75 ns on 3.11
+
+
 @dataclass(frozen=True, slots=True)
 class TaskInfo:
     """A snapshot of one registered task, read from the registry."""
@@ -94,7 +97,7 @@ class TaskRecord(StopSignal):
         self.outcome_waiters: list[asyncio.Future[TaskOutcome]] | None = None
         self.outcome: TaskOutcome | None = None  # set once, by the cleanup
         self.on_cleanup = on_cleanup
-        self.state = TaskState.WAITING
+        self.state = _WAITING
         self.attempt = 0
         # perf_counter() at the start of the attempt in flight; None once its terminal event is out
         self.attempt_started: float | None = None

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ._events import Event
+from ._events import Event, EventKind
 
 DEFAULT_QUEUE_CAPACITY = 1024
 
@@ -19,10 +19,18 @@ class Subscriber:
     Class attributes tune delivery: ``queue_capacity`` (default 1024, clamped to >= 1) bounds
     this subscriber's own queue, and ``blocking = True`` runs a sync ``on_event`` in a
     dedicated thread instead of on the event loop. ``name`` defaults to the class name.
+
+    Two optional extensions (taskvisor's own, beyond the subscriber protocol): ``event_kinds``,
+    a set of ``EventKind``, delivers only events of those kinds (``None``, the default: all);
+    events of other kinds are neither queued nor counted against its capacity, and when no
+    subscriber wants a kind its events are not even built (``Supervisor.event_counts()``
+    still counts them). ``on_attach(supervisor)``, if defined, is called once by every
+    ``Supervisor`` the subscriber is given to, when that supervisor is built.
     """
 
     queue_capacity: int = DEFAULT_QUEUE_CAPACITY
     blocking: bool = False
+    event_kinds: frozenset[EventKind] | None = None
 
     @property
     def name(self) -> str:
@@ -46,6 +54,7 @@ class SubscriberRef:
     call: EventCallback
     is_async: bool
     blocking: bool
+    kinds: frozenset[EventKind] | None = None
 
 
 def _is_async(fn: object) -> bool:
@@ -90,4 +99,26 @@ def as_subscriber(obj: object) -> SubscriberRef:
     is_async = _is_async(call)
     if blocking and is_async:
         raise TypeError(f"subscriber {name!r}: blocking = True needs a sync on_event")
-    return SubscriberRef(name, max(1, capacity), call, is_async, blocking)
+    kinds = _check_kinds(name, getattr(obj, "event_kinds", None))
+    return SubscriberRef(name, max(1, capacity), call, is_async, blocking, kinds)
+
+
+def _check_kinds(name: str, kinds: object) -> frozenset[EventKind] | None:
+    if kinds is None:
+        return None
+    if isinstance(kinds, str | EventKind) or not isinstance(kinds, Iterable):
+        raise TypeError(
+            f"subscriber {name!r}: event_kinds must be a set of EventKind or None, "
+            f"got {type(kinds).__name__}"
+        )
+    wanted = frozenset(kinds)
+    for kind in wanted:
+        if not isinstance(kind, EventKind):
+            raise TypeError(
+                f"subscriber {name!r}: event_kinds must hold EventKind members, got {kind!r}"
+            )
+    if not wanted:
+        raise ValueError(
+            f"subscriber {name!r}: event_kinds must name at least one EventKind (None: all)"
+        )
+    return wanted
