@@ -296,3 +296,28 @@ def test_example_prometheus_runs() -> None:
     )
     assert 'taskvisor_attempts_total{result="failed",task="sync-prices"} 1.0' in out.stdout
     assert 'taskvisor_tasks{state="running"}' in out.stdout
+
+
+async def test_attached_without_bind_and_counts_outlive_the_supervisor(
+    registry: CollectorRegistry,
+) -> None:
+    prom = PrometheusSubscriber(registry)
+    # It asks only for the events with per-task data; the supervisor counts the others.
+    assert E.ATTEMPT_STARTING not in prom.event_kinds
+    assert E.TASK_ADDED not in prom.event_kinds
+    sup = tv.Supervisor(quiet(), subscribers=[prom])  # no bind(): attached when built
+    async with asyncio.timeout(10):
+        await sup.run([tv.TaskSpec.once(f"job-{i}", fail_twice_then_succeed) for i in range(3)])
+    s = scrape(registry)
+    assert value(s, "taskvisor_events_total", kind="task_added") == 3
+    assert value(s, "taskvisor_events_total", kind="attempt_starting") == 3
+    assert value(s, "taskvisor_events_total", kind="attempt_failed") == 3
+    assert value(s, "taskvisor_tasks", state="running") == 0  # the gauge is bound too
+    assert total(s, "taskvisor_task_outcomes_total") == 3
+    assert value(s, "taskvisor_task_outcomes_total", task="job-0", outcome="failed") == 1
+    del sup
+    gc.collect()
+    s = scrape(registry)
+    # A counter never goes backwards: the collected supervisor's counts stay.
+    assert value(s, "taskvisor_events_total", kind="task_added") == 3
+    assert not [k for k in s if k[0] == "taskvisor_tasks"]

@@ -1049,3 +1049,132 @@ async def test_a_batch_through_a_small_sync_subscriber_drops_exactly_its_excess(
 
 async def _noop() -> None:
     pass
+
+
+# -------------------------------------------- event_kinds, on_attach, Supervisor.event_counts
+
+
+class Only(Subscriber):
+    """A sync subscriber that asks for some kinds only."""
+
+    def __init__(self, *kinds: EventKind, capacity: int = 1024) -> None:
+        self.event_kinds = frozenset(kinds)
+        self.queue_capacity = capacity
+        self.seen: list[Event] = []
+
+    def on_event(self, event: Event) -> None:
+        self.seen.append(event)
+
+
+class OnlyAsync(Only):
+    async def on_event(self, event: Event) -> None:  # type: ignore[override]
+        self.seen.append(event)
+
+
+class OnlyBlocking(Only):
+    blocking = True
+
+
+async def _run_tasks(subscribers: list[object], n: int = 3) -> tv.Supervisor:
+    sup = tv.Supervisor(tv.SupervisorConfig(handle_signals=False), subscribers=subscribers)
+    await asyncio.wait_for(sup.run([tv.TaskSpec.once(f"t{i}", _noop) for i in range(n)]), GUARD)
+    return sup
+
+
+@pytest.mark.parametrize("kind_of_subscriber", [Only, OnlyAsync, OnlyBlocking])
+async def test_event_kinds_delivers_only_those_kinds_in_order(
+    kind_of_subscriber: type[Only],
+) -> None:
+    only = kind_of_subscriber(EventKind.TASK_FINISHED, EventKind.ATTEMPT_SUCCEEDED)
+    everything = Counting()
+    await _run_tasks([only, everything])
+    wanted = [
+        e
+        for e in everything.seen
+        if e.kind in (EventKind.TASK_FINISHED, EventKind.ATTEMPT_SUCCEEDED)
+    ]
+    assert len(wanted) == 6
+    assert only.seen == wanted
+
+
+async def test_kinds_nobody_wants_are_not_delivered_but_counted() -> None:
+    only = Only(EventKind.TASK_FINISHED)
+    sup = tv.Supervisor(tv.SupervisorConfig(handle_signals=False), subscribers=[only])
+    counts = sup.event_counts()
+    await asyncio.wait_for(sup.run([tv.TaskSpec.once(f"t{i}", _noop) for i in range(4)]), GUARD)
+    assert [e.kind for e in only.seen] == [EventKind.TASK_FINISHED] * 4
+    assert counts[EventKind.TASK_FINISHED] == 4
+    assert counts[EventKind.ATTEMPT_STARTING] == 4  # never built: nobody wanted it
+    assert counts[EventKind.TASK_ADD_REQUESTED] == 4
+    assert counts[EventKind.SHUTDOWN_REQUESTED] == 1
+    assert counts[EventKind.GRACE_EXCEEDED] == 0  # every kind is present
+    with pytest.raises(TypeError):
+        counts[EventKind.TASK_ADDED] = 0  # type: ignore[index]  # read-only
+    snapshot = dict(counts)
+    del sup
+    gc.collect()
+    assert dict(counts) == snapshot  # the view outlives the supervisor
+
+
+async def test_event_counts_start_at_the_first_call_and_count_every_kind() -> None:
+    everything = Counting()
+    sup = tv.Supervisor(tv.SupervisorConfig(handle_signals=False), subscribers=[everything])
+    async with sup:
+        await asyncio.wait_for(sup.add(tv.TaskSpec.once("before", _noop)), GUARD)
+        counts = sup.event_counts()
+        assert sum(counts.values()) == 0  # counting starts when first asked for
+        await asyncio.wait_for(sup.add(tv.TaskSpec.once("after", _noop)), GUARD)
+        assert counts[EventKind.TASK_ADDED] == 1
+        assert counts[EventKind.TASK_REMOVED] == 1
+    assert counts[EventKind.ALL_STOPPED_WITHIN_GRACE] == 1
+    assert sum(counts.values()) == sum(1 for e in everything.seen if e.task != "before")
+
+
+async def test_a_filtered_sync_subscriber_capacity_counts_only_its_own_events() -> None:
+    # 20 tasks publish 120+ events in two rounds; it wants 20 of them and has room for 20.
+    only = Only(EventKind.TASK_FINISHED, capacity=20)
+    everything = Counting(capacity=100_000)
+    await _run_tasks([only, everything], n=20)
+    assert len(only.seen) == 20
+    assert not [e for e in everything.seen if e.kind is OVERFLOW]
+    # and one more than its room is dropped, exactly once
+    tight = Only(EventKind.TASK_FINISHED, capacity=19)
+    witness = Counting(capacity=100_000)
+    await _run_tasks([tight, witness], n=20)
+    dropped = [e for e in witness.seen if e.kind is OVERFLOW]
+    assert len(tight.seen) + len(dropped) == 20
+    assert dropped
+
+
+def test_on_attach_is_called_once_by_each_supervisor() -> None:
+    class Attaching(Counting):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attached: list[tv.Supervisor] = []
+
+        def on_attach(self, supervisor: tv.Supervisor) -> None:
+            self.attached.append(supervisor)
+
+    sub = Attaching()
+    first = tv.Supervisor(subscribers=[sub])
+    second = tv.Supervisor(subscribers=[sub])
+    assert sub.attached == [first, second]
+
+
+@pytest.mark.parametrize(
+    ("kinds", "error", "match"),
+    [
+        ("task_added", TypeError, "event_kinds must be a set"),
+        (EventKind.TASK_ADDED, TypeError, "event_kinds must be a set"),
+        (42, TypeError, "event_kinds must be a set"),
+        (["task_added"], TypeError, "EventKind members"),
+        ([], ValueError, "at least one"),
+    ],
+)
+def test_bad_event_kinds_are_refused_when_the_supervisor_is_built(
+    kinds: object, error: type[Exception], match: str
+) -> None:
+    sub = Counting()
+    sub.event_kinds = kinds  # type: ignore[assignment]
+    with pytest.raises(error, match=match):
+        tv.Supervisor(subscribers=[sub])
