@@ -317,6 +317,7 @@ class Bus:
             event: Any
             if kind is None:
                 event = seq  # stored whole
+                kind = event.kind
             else:
                 event = EventDraft()
                 event.seq = seq
@@ -339,7 +340,7 @@ class Bus:
                     if ch.wants(event.kind) and (skips is None or not _dropped(skips, index, ch)):
                         ch.queue.append(event)
             if not rare:  # the common case, kept lean: no skips, no deadline, no promotion
-                for call in calls if by_kind is None else by_kind[event.kind]:
+                for call in calls if by_kind is None else by_kind[kind]:
                     try:
                         result = call(event)
                     except (KeyboardInterrupt, SystemExit):
@@ -433,9 +434,14 @@ class Bus:
 
         A batch's admission requests are one act, so they share their ``at``.
         """
-        if self._careful or RECORD * len(tasks) > self._pack_room - len(self._log):
-            for task in tasks:
-                self.emit(kind, task)
+        if self._careful:
+            if self._counting:
+                self._counts[kind] += len(tasks)
+            if kind not in self._wanted:
+                return
+        if RECORD * len(tasks) > self._pack_room - len(self._log):
+            for task in tasks:  # counted above: offered one by one, the slow way
+                self._offer(new_event(kind, task))
             return
         log = self._log
         at = wall_clock()
@@ -446,8 +452,12 @@ class Bus:
 
     def emit_closing(self, task: str, task_id: TaskId, outcome: OutcomeKind) -> None:
         """``TASK_FINISHED`` (with ``outcome`` only) then ``TASK_REMOVED``: one clock reading."""
+        if self._careful:
+            self.emit(_FINISHED, task, task_id, outcome=outcome)
+            self.emit(_REMOVED, task, task_id)
+            return
         log = self._log
-        if not self._careful and len(log) + RECORD < self._pack_room:
+        if len(log) + RECORD < self._pack_room:
             at = wall_clock()
             log += (_FINISHED, next_seq(), at, task, task_id, None, None, outcome)
             log += (_REMOVED, next_seq(), at, task, task_id, None, None, None)

@@ -119,18 +119,11 @@ def _check_buckets(buckets: object) -> tuple[float, ...]:
     return tuple(bounds)
 
 
-class _Histogram:
-    """The attempts of one series: how many, their durations' sum, and counts per bucket.
-
-    Bucket counts are not cumulative; the last bucket is ``+Inf``.
-    """
-
-    __slots__ = ("counts", "n", "total")
-
-    def __init__(self, size: int) -> None:
-        self.n = 0  # attempts_total of the series (every attempt end has a duration)
-        self.counts = [0] * size
-        self.total = 0.0
+# One attempt series (a task, a result) is a plain list, cheaper to make and update than an
+# object: [attempts, sum of durations, count in bucket 0, bucket 1, ..., +Inf] (not cumulative).
+_N, _SUM, _BUCKETS = 0, 1, 2
+_OUTCOME_LABELS = {o: o.value for o in OutcomeKind}  # ``member.value`` is a slow property
+_REJECTION_LABELS = {r: r.value for r in RejectionKind}
 
 
 class PrometheusSubscriber(Subscriber):
@@ -181,8 +174,8 @@ class PrometheusSubscriber(Subscriber):
         # Each bound supervisor's live event counts: kept after the supervisor is gone, so
         # events_total never goes backwards.
         self._event_counts: list[Mapping[EventKind, int]] = []
-        self._bucket_count = len(self._bounds) + 1
-        self._durations: dict[Key, _Histogram] = {}
+        self._zero_row: list[float] = [0, 0.0] + [0] * (len(self._bounds) + 1)
+        self._durations: dict[Key, list[float]] = {}
         self._restarts: dict[Key, int] = {}
         self._outcomes: dict[Key, int] = {}
         self._rejections: dict[Key, int] = {}
@@ -190,7 +183,7 @@ class PrometheusSubscriber(Subscriber):
         self._panics: dict[Key, int] = {}
         if not task_label:  # bounded label sets: every series exists from the start, at 0
             for result in _RESULTS.values():
-                self._durations[(result,)] = _Histogram(self._bucket_count)
+                self._durations[(result,)] = self._zero_row.copy()
             self._outcomes.update({(o.value,): 0 for o in OutcomeKind})
             self._rejections.update({(r.value,): 0 for r in RejectionKind})
             self._restarts[()] = 0
@@ -236,30 +229,38 @@ class PrometheusSubscriber(Subscriber):
             duration = event.duration
             lock.acquire()
             try:
-                h = self._durations.get(key)
-                if h is None:
-                    h = self._durations[key] = _Histogram(self._bucket_count)
-                h.n += 1
+                row = self._durations.get(key)
+                if row is None:
+                    row = self._durations[key] = self._zero_row.copy()
+                row[_N] += 1
                 if duration is not None:
-                    h.counts[bisect.bisect_left(self._bounds, duration)] += 1
-                    h.total += duration
+                    row[_BUCKETS + bisect.bisect_left(self._bounds, duration)] += 1
+                    row[_SUM] += duration
             finally:
                 lock.release()
+            return
+        if kind is _FINISHED:  # the other common case: one task ended
+            outcome = event.outcome
+            if outcome is not None:
+                label = _OUTCOME_LABELS[outcome]
+                key = (event.task or "", label) if self.task_label else (label,)
+                outcomes = self._outcomes
+                lock.acquire()
+                try:
+                    outcomes[key] = outcomes.get(key, 0) + 1
+                finally:
+                    lock.release()
             return
         task: Key = (event.task or "",) if self.task_label else ()
         with lock:
             if kind is _BACKOFF:
                 self._restarts[task] = self._restarts.get(task, 0) + 1
-            elif kind is _FINISHED:
-                if event.outcome is not None:
-                    key = (*task, event.outcome.value)
-                    self._outcomes[key] = self._outcomes.get(key, 0) + 1
             elif kind is _ADD_FAILED or kind is _REJECTED:
                 if event.outcome is not None:
-                    key = (*task, event.outcome.value)
+                    key = (*task, _OUTCOME_LABELS[event.outcome])
                     self._outcomes[key] = self._outcomes.get(key, 0) + 1
                 if event.rejection is not None:
-                    key = (*task, event.rejection.value)
+                    key = (*task, _REJECTION_LABELS[event.rejection])
                     self._rejections[key] = self._rejections.get(key, 0) + 1
             elif kind is _OVERFLOW:
                 key = (event.task or "", event.reason or "")
@@ -316,10 +317,10 @@ class _Collector:
             for live in sub._event_counts:
                 for kind, n in dict(live).items():  # one C-level copy per supervisor
                     events[kind] += n
-            durations = {k: (h.n, list(h.counts), h.total) for k, h in sub._durations.items()}
+            durations = {k: row.copy() for k, row in sub._durations.items()}
             counters: list[dict[Key, int]] = [
                 {(k.value,): n for k, n in events.items()},
-                {k: n for k, (n, _, _) in durations.items()},
+                {k: int(row[_N]) for k, row in durations.items()},
                 dict(sub._restarts),
                 dict(sub._outcomes),
                 dict(sub._rejections),
@@ -334,13 +335,13 @@ class _Collector:
             yield family
         name, doc, labels = self._histogram
         histogram = HistogramMetricFamily(name, doc, labels=labels)
-        for key, (_, counts, total) in durations.items():
-            running = 0
+        for key, row in durations.items():
+            running = 0.0
             buckets: list[tuple[str, float]] = []
-            for le, n in zip(self._les, counts, strict=True):
-                running += n
+            for le, in_bucket in zip(self._les, row[_BUCKETS:], strict=True):
+                running += in_bucket
                 buckets.append((le, running))
-            histogram.add_metric(list(key), buckets, total)
+            histogram.add_metric(list(key), buckets, row[_SUM])
         yield histogram
         gauge = GaugeMetricFamily(*self._gauge, labels=["state"])
         if supervisors:
