@@ -29,7 +29,7 @@ async def main(short: bool = False) -> int:
     sup = tv.Supervisor(
         tv.SupervisorConfig(handle_signals=False, grace=1.0), subscribers=[metrics, events]
     )
-    metrics.bind(sup)
+    # Built with the subscriber, sup has bound it: tasks{state} and events_total come from sup.
     server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
     port = server.server_address[1]
 
