@@ -12,7 +12,7 @@ import gc
 import inspect
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -855,9 +855,9 @@ async def test_a_sync_subscriber_gets_room_again_after_each_delivery_round() -> 
     assert ordinary(small.seen) == [e for batch in rounds for e in batch[:2]]
 
 
-async def test_a_sync_on_event_that_returns_an_awaitable_keeps_its_order() -> None:
-    seen: list[str] = []
-    other = Counting()
+def async_from_e2(seen: list[str]) -> Callable[[Event], Awaitable[None] | None]:
+    """A sync ``on_event`` that records each task name, and from event ``e2`` on returns an
+    awaitable instead (it then needs a worker of its own)."""
 
     async def record(event: Event) -> None:
         await asyncio.sleep(0)
@@ -865,9 +865,17 @@ async def test_a_sync_on_event_that_returns_an_awaitable_keeps_its_order() -> No
 
     def sometimes_async(event: Event) -> Awaitable[None] | None:
         if event.task == "e2":
-            return record(event)  # from here on this subscriber needs awaiting
+            return record(event)
         seen.append(event.task or "")
         return None
+
+    return sometimes_async
+
+
+async def test_a_sync_on_event_that_returns_an_awaitable_keeps_its_order() -> None:
+    seen: list[str] = []
+    other = Counting()
+    sometimes_async = async_from_e2(seen)
 
     bus = make_bus(sometimes_async, other)
     published = [ev(f"e{i}") for i in range(6)]
@@ -1009,16 +1017,7 @@ async def test_emit_closing_with_room_for_one_drops_only_the_second() -> None:
 async def test_a_sync_on_event_returning_an_awaitable_mid_round_gets_the_rest_in_order() -> None:
     seen: list[str] = []
     other = Counting()
-
-    async def record(event: Event) -> None:
-        await asyncio.sleep(0)
-        seen.append(event.task or "")
-
-    def sometimes_async(event: Event) -> Awaitable[None] | None:
-        if event.task == "e2":
-            return record(event)
-        seen.append(event.task or "")
-        return None
+    sometimes_async = async_from_e2(seen)
 
     bus = make_bus(sometimes_async, other)
     for i in range(4):
