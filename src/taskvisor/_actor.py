@@ -21,7 +21,7 @@ from ._policies import RestartMode
 from ._registry import TaskRecord, TaskState
 from ._spec import UNSET, TaskDefaults
 
-# Enum members as module constants: ``EventKind.X`` costs ~75 ns on CPython 3.11 (the enum
+# Enum members as module constants: ``TaskState.X`` costs ~75 ns on CPython 3.11 (the enum
 # metaclass's attribute hook), a module global ~5 ns; these are read on every task's path.
 _ALWAYS = RestartMode.ALWAYS
 _WAITING = TaskState.WAITING

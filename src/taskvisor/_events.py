@@ -120,7 +120,7 @@ def new_event(
     """Build an event stamped with the next process-wide ``seq`` and the wall clock.
 
     The hot path of every publication, so it skips the frozen dataclass ``__init__`` (which
-    costs ~1.8 µs for 15 fields): the fields given are stored into a ``_Draft`` which then
+    costs ~1.8 µs for 15 fields): the fields given are stored into an ``EventDraft`` which then
     becomes the ``Event``. An unset field reads as ``None`` through ``Event.__getattr__``.
     Equality, hashing, ``repr`` and pickling see the same values as for an ``Event`` built by
     its constructor.

@@ -337,7 +337,7 @@ class Bus:
                 if clock is not None and clock() >= until:
                     return
                 for ch in promoted:  # moved to a worker of its own during this round
-                    if ch.wants(event.kind) and (skips is None or not _dropped(skips, index, ch)):
+                    if ch.wants(kind) and (skips is None or not _dropped(skips, index, ch)):
                         ch.queue.append(event)
             if not rare:  # the common case, kept lean: no skips, no deadline, no promotion
                 for call in calls if by_kind is None else by_kind[kind]:
@@ -359,7 +359,7 @@ class Bus:
                         self._promote(ref, ch, result)
                 continue
             for call, ref, ch in members:
-                if not ch.wants(event.kind) or (skips is not None and _dropped(skips, index, ch)):
+                if not ch.wants(kind) or (skips is not None and _dropped(skips, index, ch)):
                     continue
                 try:
                     result = call(event)
@@ -452,20 +452,16 @@ class Bus:
 
     def emit_closing(self, task: str, task_id: TaskId, outcome: OutcomeKind) -> None:
         """``TASK_FINISHED`` (with ``outcome`` only) then ``TASK_REMOVED``: one clock reading."""
-        if self._careful:
+        log = self._log
+        if self._careful or len(log) + RECORD >= self._pack_room:
             self.emit(_FINISHED, task, task_id, outcome=outcome)
             self.emit(_REMOVED, task, task_id)
             return
-        log = self._log
-        if len(log) + RECORD < self._pack_room:
-            at = wall_clock()
-            log += (_FINISHED, next_seq(), at, task, task_id, None, None, outcome)
-            log += (_REMOVED, next_seq(), at, task, task_id, None, None, None)
-            if not self._dispatch_scheduled:
-                self._schedule_dispatch()
-        else:
-            self.emit(_FINISHED, task, task_id, outcome=outcome)
-            self.emit(_REMOVED, task, task_id)
+        at = wall_clock()
+        log += (_FINISHED, next_seq(), at, task, task_id, None, None, outcome)
+        log += (_REMOVED, next_seq(), at, task, task_id, None, None, None)
+        if not self._dispatch_scheduled:
+            self._schedule_dispatch()
 
     def publish(self, event: Event) -> None:
         """Offer ``event`` to every subscriber without blocking; report those that refuse it."""
