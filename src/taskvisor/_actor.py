@@ -73,7 +73,9 @@ class SlotPool:
             self._sem.release()
 
 
-Finish = Callable[[TaskRecord, TaskOutcome], None]
+Finish = Callable[[TaskRecord, TaskOutcome, float | None], None]
+"""The supervisor's cleanup: the record, its outcome, and the duration of a last attempt
+that has just succeeded and whose ``ATTEMPT_SUCCEEDED`` is not out yet (else None)."""
 
 
 async def drive(
@@ -96,6 +98,7 @@ async def drive(
     streak = 0
     previous_delay: float | None = None
     outcome: TaskOutcome
+    succeeded_in: float | None = None
     try:
         while True:
             if rec.requested:
@@ -135,15 +138,18 @@ async def drive(
                     attempt.failed(rec, bus, exc, None, timeout)
                 raise
             else:
+                if not always and not rec.requested:
+                    # The task ends here: its ATTEMPT_SUCCEEDED goes out with TASK_FINISHED
+                    # and TASK_REMOVED, in one call of the fan-out (``Bus.emit_closing``).
+                    succeeded_in = attempt.end(rec)
+                    outcome = _completed(rec.attempt)
+                    break
                 attempt.succeeded(rec, bus)
                 if rec.requested:
                     outcome = stopped_outcome(rec)
                     break
                 streak = 0
                 previous_delay = None
-                if not always:
-                    outcome = _completed(rec.attempt)
-                    break
                 if restart.interval is not None:
                     delay = restart.interval
                 else:
@@ -190,11 +196,15 @@ async def drive(
         # Resolve the outcome first. KeyboardInterrupt/SystemExit (or a bug of ours) then
         # propagate, as Python does; any other BaseException the body raised is kept in the
         # outcome's ``error``: re-raising it would leave it in this runner task, unretrieved.
-        finish(rec, TaskOutcome(OutcomeKind.FAILED, describe(exc), None, exc, attempts=rec.attempt))
+        finish(
+            rec,
+            TaskOutcome(OutcomeKind.FAILED, describe(exc), None, exc, attempts=rec.attempt),
+            None,
+        )
         if isinstance(exc, KeyboardInterrupt | SystemExit | Exception):
             raise
         return
-    finish(rec, outcome)
+    finish(rec, outcome, succeeded_in)
 
 
 def _backoff(

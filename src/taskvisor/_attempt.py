@@ -81,8 +81,12 @@ def begin(rec: TaskRecord, bus: Bus) -> Awaitable[Any]:
     return fn()
 
 
-def _end(rec: TaskRecord) -> float:
-    """Close the attempt: its duration so far."""
+def end(rec: TaskRecord) -> float:
+    """Close the attempt without publishing its terminal event: its duration so far.
+
+    The caller publishes the event (``_actor.drive``: a one-shot task's success goes out
+    with its closing events).
+    """
     started = rec.attempt_started
     rec.attempt_started = None
     return 0.0 if started is None else time.perf_counter() - started
@@ -100,7 +104,7 @@ def canceled(rec: TaskRecord, bus: Bus) -> None:
 
 
 def _close(rec: TaskRecord, bus: Bus, kind: EventKind) -> None:
-    duration = _end(rec)
+    duration = end(rec)
     if bus.listening and not rec.finalized:
         bus.emit(kind, rec.name, rec.id, rec.attempt, duration)
 
@@ -117,7 +121,7 @@ def failed(
     ``ATTEMPT_TIMED_OUT`` only if the attempt timeout fired: a body's own ``TimeoutError``
     is an ordinary failure.
     """
-    duration = _end(rec)
+    duration = end(rec)
     if deadline is not None and isinstance(exc, TimeoutError) and deadline.expired():
         if bus.listening and not rec.finalized:
             bus.publish(
@@ -145,5 +149,5 @@ def failed(
                 exit_code=exit_code,
             )
         )
-    end = AttemptEnd.FATAL if isinstance(exc, Fatal) else AttemptEnd.FAILED
-    return AttemptResult(end, reason, exit_code, exc)
+    how = AttemptEnd.FATAL if isinstance(exc, Fatal) else AttemptEnd.FAILED
+    return AttemptResult(how, reason, exit_code, exc)

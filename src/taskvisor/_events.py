@@ -6,7 +6,7 @@ import enum
 import itertools
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ._context import TaskId
@@ -53,8 +53,38 @@ next_seq = itertools.count(1).__next__
 """The process-wide event sequence: each call returns the next ``seq``."""
 
 
+_FIELDS = (
+    "seq",
+    "at",
+    "kind",
+    "task",
+    "task_id",
+    "attempt",
+    "reason",
+    "exit_code",
+    "delay",
+    "timeout",
+    "duration",
+    "backoff_source",
+    "outcome",
+    "rejection",
+    "slot",
+)
+
+
+class _EventSlots:
+    """The storage of ``Event`` and ``EventDraft`` (internal): every field's slot.
+
+    Declared once, here, for both: two classes with the same solid base swap ``__class__``
+    with a pointer comparison, instead of the slot-by-slot layout check of two classes that
+    each declare the slots (about 30 ns saved per event).
+    """
+
+    __slots__ = _FIELDS
+
+
 @dataclass(frozen=True, slots=True)
-class Event:
+class Event(_EventSlots):
     """One lifecycle step; fields not relevant to ``kind`` are ``None``."""
 
     seq: int
@@ -85,17 +115,21 @@ class Event:
         return self.kind in DIAGNOSTIC_KINDS
 
 
-_OPTIONAL_FIELDS = frozenset(Event.__slots__) - {"seq", "at", "kind"}
+assert tuple(f.name for f in fields(Event)) == _FIELDS
+# The slots live in the base (see there); the dataclass then declares none of its own.
+# Named here as well, for whoever introspects a "dataclass with slots".
+Event.__slots__ = _FIELDS
+_OPTIONAL_FIELDS = frozenset(_FIELDS) - {"seq", "at", "kind"}
 
 
-class EventDraft:
+class EventDraft(_EventSlots):
     """A mutable twin of ``Event`` (internal), filled by plain attribute stores.
 
-    Assigning ``__class__ = Event`` then turns it into the event (same slots, so the same
-    layout): about 3x cheaper than the frozen ``__init__`` or the slot descriptors' ``__set__``.
+    Assigning ``__class__ = Event`` then turns it into the event (same storage, so the same
+    layout): about 4x cheaper than the frozen ``__init__`` or the slot descriptors' ``__set__``.
     """
 
-    __slots__ = Event.__slots__
+    __slots__ = ()
 
 
 wall_clock = time.time

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import inspect
 import math
+import operator
 import queue as _queue
 import threading
 import weakref
@@ -60,6 +61,7 @@ from ._subscriber import DEFAULT_QUEUE_CAPACITY, EventCallback, SubscriberRef
 
 # Enum members as module constants: ``EventKind.X`` costs ~75 ns on CPython 3.11 (the enum
 # metaclass's attribute hook), a module global ~5 ns; these are read on every task's path.
+_SUCCEEDED = EventKind.ATTEMPT_SUCCEEDED
 _FINISHED = EventKind.TASK_FINISHED
 _REMOVED = EventKind.TASK_REMOVED
 
@@ -306,15 +308,13 @@ class Bus:
         until = math.inf if deadline is None else deadline
         promoted: list[_Channel] = []
         rare = clock is not None or skips is not None  # else the per-event checks are skipped
-        index = -1
+        event: Any
         it = iter(log)
         # The packed runs are unpacked inline (see ``_events.unpack``): this loop is the hot
         # path of every event bound for sync subscribers.
         for kind, seq, at, task, task_id, attempt, duration, outcome in zip(
             it, it, it, it, it, it, it, it, strict=True
         ):
-            index += 1
-            event: Any
             if kind is None:
                 event = seq  # stored whole
                 kind = event.kind
@@ -333,12 +333,6 @@ class Bus:
                 if outcome is not None:
                     event.outcome = outcome
                 event.__class__ = Event
-            if rare:
-                if clock is not None and clock() >= until:
-                    return
-                for ch in promoted:  # moved to a worker of its own during this round
-                    if ch.wants(kind) and (skips is None or not _dropped(skips, index, ch)):
-                        ch.queue.append(event)
             if not rare:  # the common case, kept lean: no skips, no deadline, no promotion
                 for call in calls if by_kind is None else by_kind[kind]:
                     try:
@@ -358,6 +352,12 @@ class Bus:
                         rare = True
                         self._promote(ref, ch, result)
                 continue
+            if clock is not None and clock() >= until:
+                return
+            index = len(log) // RECORD - 1 - operator.length_hint(it) // RECORD
+            for ch in promoted:  # moved to a worker of its own during this round
+                if ch.wants(kind) and (skips is None or not _dropped(skips, index, ch)):
+                    ch.queue.append(event)
             for call, ref, ch in members:
                 if not ch.wants(kind) or (skips is not None and _dropped(skips, index, ch)):
                     continue
@@ -373,7 +373,6 @@ class Bus:
                     calls = [m[0] for m in members]
                     by_kind = _calls_by_kind(members) if by_kind is not None else None
                     promoted.append(ch)
-                    rare = True
                     self._promote(ref, ch, result)
         if promoted:
             # What was published during this round: built now, so that the promoted ones'
@@ -429,38 +428,68 @@ class Bus:
                 new_event(kind, task, task_id, attempt=attempt, duration=duration, outcome=outcome)
             )
 
-    def emit_each(self, kind: EventKind, tasks: list[str]) -> None:
-        """``emit(kind, task)`` for each of ``tasks`` in order, with one clock reading.
+    def emit_each(
+        self, kind: EventKind, tasks: list[str], task_ids: list[TaskId] | None = None
+    ) -> None:
+        """``emit(kind, task[, task_id])`` for each of ``tasks`` in order, one clock reading.
 
-        A batch's admission requests are one act, so they share their ``at``.
+        A batch's admission requests are one act, so are its registrations: they share their
+        ``at``, and cost one call for the whole batch.
         """
         if self._careful:
             if self._counting:
                 self._counts[kind] += len(tasks)
             if kind not in self._wanted:
                 return
+        ids: list[Any] = [None] * len(tasks) if task_ids is None else task_ids
         if RECORD * len(tasks) > self._pack_room - len(self._log):
-            for task in tasks:  # counted above: offered one by one, the slow way
-                self._offer(new_event(kind, task))
+            for task, task_id in zip(tasks, ids, strict=True):  # counted above: the slow way
+                self._offer(new_event(kind, task, task_id))
             return
         log = self._log
         at = wall_clock()
-        for task in tasks:
-            log += (kind, next_seq(), at, task, None, None, None, None)
+        for task, task_id in zip(tasks, ids, strict=True):
+            log += (kind, next_seq(), at, task, task_id, None, None, None)
         if not self._dispatch_scheduled:
             self._schedule_dispatch()
 
-    def emit_closing(self, task: str, task_id: TaskId, outcome: OutcomeKind) -> None:
-        """``TASK_FINISHED`` (with ``outcome`` only) then ``TASK_REMOVED``: one clock reading."""
+    def emit_closing(
+        self,
+        task: str,
+        task_id: TaskId,
+        outcome: OutcomeKind,
+        attempt: int | None = None,
+        duration: float | None = None,
+    ) -> None:
+        """``TASK_FINISHED`` (with ``outcome`` only) then ``TASK_REMOVED``, one clock reading.
+
+        With ``attempt``, the task's last attempt has just succeeded: its ``ATTEMPT_SUCCEEDED``
+        (``attempt``, ``duration``) goes out first, in the same call. A one-shot task's end is
+        then one call for three events.
+        """
         log = self._log
-        if self._careful or len(log) + RECORD >= self._pack_room:
+        if len(log) + (2 * RECORD if attempt is None else 3 * RECORD) > self._pack_room:
+            # a queue listens, or some sync subscriber may be full: one by one, the slow way
+            if attempt is not None:
+                self.emit(_SUCCEEDED, task, task_id, attempt, duration)
             self.emit(_FINISHED, task, task_id, outcome=outcome)
             self.emit(_REMOVED, task, task_id)
             return
+        wanted = self._wanted
+        if self._counting:
+            counts = self._counts
+            if attempt is not None:
+                counts[_SUCCEEDED] += 1
+            counts[_FINISHED] += 1
+            counts[_REMOVED] += 1
         at = wall_clock()
-        log += (_FINISHED, next_seq(), at, task, task_id, None, None, outcome)
-        log += (_REMOVED, next_seq(), at, task, task_id, None, None, None)
-        if not self._dispatch_scheduled:
+        if attempt is not None and _SUCCEEDED in wanted:
+            log += (_SUCCEEDED, next_seq(), at, task, task_id, attempt, duration, None)
+        if _FINISHED in wanted:
+            log += (_FINISHED, next_seq(), at, task, task_id, None, None, outcome)
+        if _REMOVED in wanted:
+            log += (_REMOVED, next_seq(), at, task, task_id, None, None, None)
+        if log and not self._dispatch_scheduled:
             self._schedule_dispatch()
 
     def publish(self, event: Event) -> None:

@@ -38,6 +38,7 @@ from ._validate import check_duration, check_int
 # metaclass's attribute hook), a module global ~5 ns; these are read on every task's path.
 _ADD_REQUESTED = EventKind.TASK_ADD_REQUESTED
 _ADDED = EventKind.TASK_ADDED
+_SUCCEEDED = EventKind.ATTEMPT_SUCCEEDED
 _REMOVED = EventKind.TASK_REMOVED
 _REMOVE_REQUESTED = EventKind.TASK_REMOVE_REQUESTED
 
@@ -220,21 +221,43 @@ class Supervisor:
         on_cleanup: Callable[[TaskRecord], None] | None,
     ) -> TaskRecord:
         """Register and start one task whose name is known to be free (internal)."""
-        loop = self._loop
-        assert loop is not None
-        rec = TaskRecord(task_id, spec, future, on_cleanup)
-        self._registry.insert(rec)
+        rec = self._enroll(spec, task_id, future, on_cleanup)
         if self._bus.listening:
             self._bus.emit(_ADDED, rec.name, task_id)
-        runner = loop.create_task(
+        self._launch(rec)
+        return rec
+
+    def _enroll(
+        self,
+        spec: TaskSpec,
+        task_id: TaskId,
+        future: asyncio.Future[TaskOutcome] | None,
+        on_cleanup: Callable[[TaskRecord], None] | None,
+    ) -> TaskRecord:
+        rec = TaskRecord(task_id, spec, future, on_cleanup)
+        self._registry.insert(rec)
+        return rec
+
+    def _launch(self, rec: TaskRecord) -> None:
+        """Start the runner of a registered task, after its ``TASK_ADDED``.
+
+        After: with an eager task factory, the body may run inside ``create_task``.
+        """
+        loop = self._loop
+        assert loop is not None
+        rec.runner = loop.create_task(
             drive(rec, self._defaults, self._bus, self._slots, self._finish),
             name=f"taskvisor:{rec.name}",
         )
-        rec.runner = runner
-        return rec
 
-    def _cleanup(self, rec: TaskRecord, outcome: TaskOutcome) -> None:
-        """The one cleanup of a task; later calls (an abandoned runner ending) do nothing."""
+    def _cleanup(
+        self, rec: TaskRecord, outcome: TaskOutcome, succeeded_in: float | None = None
+    ) -> None:
+        """The one cleanup of a task; later calls (an abandoned runner ending) do nothing.
+
+        ``succeeded_in``: the last attempt has just succeeded, in that many seconds, and its
+        ``ATTEMPT_SUCCEEDED`` is published here, with ``TASK_FINISHED`` (see ``_actor.drive``).
+        """
         if rec.finalized:
             return
         rec.finalized = True
@@ -248,9 +271,12 @@ class Supervisor:
         bus = self._bus
         if bus.listening:
             # TASK_FINISHED, then TASK_REMOVED (the name is released by now)
+            last = None if succeeded_in is None else rec.attempt
             if outcome.reason is None and outcome.exit_code is None:
-                bus.emit_closing(rec.name, rec.id, outcome.kind)
+                bus.emit_closing(rec.name, rec.id, outcome.kind, last, succeeded_in)
             else:
+                if last is not None:
+                    bus.emit(_SUCCEEDED, rec.name, rec.id, last, succeeded_in)
                 bus.publish(
                     new_event(
                         EventKind.TASK_FINISHED,
@@ -483,8 +509,11 @@ class Supervisor:
                 )
                 self._reject(spec.name, None, kind)
             raise TaskAlreadyExists(first)
-        for spec in batch:
-            self._register(spec, new_task_id(), None, None)
+        records = [self._enroll(spec, new_task_id(), None, None) for spec in batch]
+        if bus.listening:
+            bus.emit_each(_ADDED, [rec.name for rec in records], [rec.id for rec in records])
+        for rec in records:
+            self._launch(rec)
 
     def _idle(self) -> bool:
         return len(self._registry) == 0 and (self._controller is None or self._controller.idle)

@@ -40,6 +40,7 @@ import re
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry
@@ -97,6 +98,7 @@ _KINDS = frozenset({*_RESULTS, _BACKOFF, _FINISHED, _ADD_FAILED, _REJECTED, _OVE
 _NAMESPACE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 
 Key = tuple[str, ...]
+_L = TypeVar("_L", OutcomeKind, RejectionKind)
 
 
 def _check_buckets(buckets: object) -> tuple[float, ...]:
@@ -124,6 +126,10 @@ def _check_buckets(buckets: object) -> tuple[float, ...]:
 _N, _SUM, _BUCKETS = 0, 1, 2
 _OUTCOME_LABELS = {o: o.value for o in OutcomeKind}  # ``member.value`` is a slow property
 _REJECTION_LABELS = {r: r.value for r in RejectionKind}
+
+# The per-task series are kept as one table per label value (result, outcome, rejection):
+# label value -> task name ("" without the task label) -> series. ``on_event`` then finds its
+# series with two plain lookups, and builds no key tuple.
 
 
 class PrometheusSubscriber(Subscriber):
@@ -175,18 +181,18 @@ class PrometheusSubscriber(Subscriber):
         # events_total never goes backwards.
         self._event_counts: list[Mapping[EventKind, int]] = []
         self._zero_row: list[float] = [0, 0.0] + [0] * (len(self._bounds) + 1)
-        self._durations: dict[Key, list[float]] = {}
-        self._restarts: dict[Key, int] = {}
-        self._outcomes: dict[Key, int] = {}
-        self._rejections: dict[Key, int] = {}
+        self._attempts: dict[EventKind, dict[str, list[float]]] = {kind: {} for kind in _RESULTS}
+        self._outcomes: dict[OutcomeKind, dict[str, int]] = {o: {} for o in OutcomeKind}
+        self._rejections: dict[RejectionKind, dict[str, int]] = {r: {} for r in RejectionKind}
+        self._restarts: dict[str, int] = {}
         self._overflows: dict[Key, int] = {}
         self._panics: dict[Key, int] = {}
         if not task_label:  # bounded label sets: every series exists from the start, at 0
-            for result in _RESULTS.values():
-                self._durations[(result,)] = self._zero_row.copy()
-            self._outcomes.update({(o.value,): 0 for o in OutcomeKind})
-            self._rejections.update({(r.value,): 0 for r in RejectionKind})
-            self._restarts[()] = 0
+            for rows in self._attempts.values():
+                rows[""] = self._zero_row.copy()
+            for counts in (*self._outcomes.values(), *self._rejections.values()):
+                counts[""] = 0
+            self._restarts[""] = 0
         self._collector = _Collector(self)
         try:
             registry.register(self._collector)
@@ -222,16 +228,16 @@ class PrometheusSubscriber(Subscriber):
     def on_event(self, event: Event) -> None:
         """Count one event."""
         kind = event.kind
-        result = _RESULTS.get(kind)
+        rows = self._attempts.get(kind)
+        task = (event.task or "") if self.task_label else ""
         lock = self._lock
-        if result is not None:  # the common case: one attempt ended
-            key: Key = (event.task or "", result) if self.task_label else (result,)
+        if rows is not None:  # the common case: one attempt ended
             duration = event.duration
             lock.acquire()
             try:
-                row = self._durations.get(key)
+                row = rows.get(task)
                 if row is None:
-                    row = self._durations[key] = self._zero_row.copy()
+                    row = rows[task] = self._zero_row.copy()
                 row[_N] += 1
                 if duration is not None:
                     row[_BUCKETS + bisect.bisect_left(self._bounds, duration)] += 1
@@ -242,32 +248,29 @@ class PrometheusSubscriber(Subscriber):
         if kind is _FINISHED:  # the other common case: one task ended
             outcome = event.outcome
             if outcome is not None:
-                label = _OUTCOME_LABELS[outcome]
-                key = (event.task or "", label) if self.task_label else (label,)
-                outcomes = self._outcomes
+                counts = self._outcomes[outcome]
                 lock.acquire()
                 try:
-                    outcomes[key] = outcomes.get(key, 0) + 1
+                    counts[task] = counts.get(task, 0) + 1
                 finally:
                     lock.release()
             return
-        task: Key = (event.task or "",) if self.task_label else ()
         with lock:
             if kind is _BACKOFF:
                 self._restarts[task] = self._restarts.get(task, 0) + 1
             elif kind is _ADD_FAILED or kind is _REJECTED:
                 if event.outcome is not None:
-                    key = (*task, _OUTCOME_LABELS[event.outcome])
-                    self._outcomes[key] = self._outcomes.get(key, 0) + 1
+                    counts = self._outcomes[event.outcome]
+                    counts[task] = counts.get(task, 0) + 1
                 if event.rejection is not None:
-                    key = (*task, _REJECTION_LABELS[event.rejection])
-                    self._rejections[key] = self._rejections.get(key, 0) + 1
+                    counts = self._rejections[event.rejection]
+                    counts[task] = counts.get(task, 0) + 1
             elif kind is _OVERFLOW:
-                key = (event.task or "", event.reason or "")
+                key: Key = (event.task or "", event.reason or "")
                 self._overflows[key] = self._overflows.get(key, 0) + 1
             elif kind is _PANICKED:
-                key = (event.task or "",)
-                self._panics[key] = self._panics.get(key, 0) + 1
+                name: Key = (event.task or "",)
+                self._panics[name] = self._panics.get(name, 0) + 1
 
 
 class _Collector:
@@ -303,6 +306,20 @@ class _Collector:
         les = [repr(b) for b in sub._bounds]
         self._les = [*les, "+Inf"]
 
+    def _key(self, task: str, *labels: str) -> Key:
+        """The label values of a per-task series."""
+        return (task, *labels) if self._sub.task_label else labels
+
+    def _flatten(
+        self, tables: Mapping[_L, dict[str, int]], names: Mapping[_L, str]
+    ) -> dict[Key, int]:
+        """One counter's series from its per-label tables."""
+        return {
+            self._key(task, names[label]): n
+            for label, counts in tables.items()
+            for task, n in counts.items()
+        }
+
     def describe(self) -> Iterator[Metric]:
         for name, doc, labels in self._specs:
             yield CounterMetricFamily(name, doc, labels=labels)
@@ -317,13 +334,17 @@ class _Collector:
             for live in sub._event_counts:
                 for kind, n in dict(live).items():  # one C-level copy per supervisor
                     events[kind] += n
-            durations = {k: row.copy() for k, row in sub._durations.items()}
+            durations = {
+                self._key(task, _RESULTS[kind]): row.copy()
+                for kind, rows in sub._attempts.items()
+                for task, row in rows.items()
+            }
             counters: list[dict[Key, int]] = [
                 {(k.value,): n for k, n in events.items()},
                 {k: int(row[_N]) for k, row in durations.items()},
-                dict(sub._restarts),
-                dict(sub._outcomes),
-                dict(sub._rejections),
+                {self._key(task): n for task, n in sub._restarts.items()},
+                self._flatten(sub._outcomes, _OUTCOME_LABELS),
+                self._flatten(sub._rejections, _REJECTION_LABELS),
                 dict(sub._overflows),
                 dict(sub._panics),
             ]
