@@ -321,3 +321,44 @@ async def test_attached_without_bind_and_counts_outlive_the_supervisor(
     # A counter never goes backwards: the collected supervisor's counts stay.
     assert value(s, "taskvisor_events_total", kind="task_added") == 3
     assert not [k for k in s if k[0] == "taskvisor_tasks"]
+
+
+async def _scenario(beside: list[object]) -> tuple[Samples, list[tv.EventKind]]:
+    """Five quick tasks and a flaky one; the scrape (sums left out: durations vary) and the
+    kinds that reached ``on_event``."""
+    registry = CollectorRegistry()
+    prom = PrometheusSubscriber(registry)
+    built: list[tv.EventKind] = []
+    take_built = prom.on_event
+
+    def spy(event: tv.Event) -> None:
+        built.append(event.kind)
+        take_built(event)
+
+    prom.on_event = spy  # type: ignore[method-assign]
+    sup = tv.Supervisor(quiet(), subscribers=[prom, *beside])
+    specs = [tv.TaskSpec.once(f"quick-{i}", _quick) for i in range(5)]
+    specs.append(tv.TaskSpec.restartable("flaky", fail_twice_then_succeed, backoff=FAST))
+    async with asyncio.timeout(10):
+        await sup.run(specs)
+    samples = {key: v for key, v in scrape(registry).items() if not key[0].endswith("_sum")}
+    return samples, built
+
+
+async def test_same_metrics_whether_events_come_packed_or_built() -> None:
+    """Alone, the subscriber takes plain events unbuilt (``_on_packed``); beside a plain
+    subscriber it gets built ones through ``on_event``. Both must count the same."""
+    alone, built_alone = await _scenario([])
+    beside, built_beside = await _scenario([EventRecorder()])
+    assert alone == beside
+    assert value(alone, "taskvisor_attempts_total", task="quick-3", result="succeeded") == 1
+    assert value(alone, "taskvisor_task_outcomes_total", task="flaky", outcome="completed") == 1
+    assert total(alone, "taskvisor_attempt_duration_seconds_count") == 8
+    # alone, the plain successes and finishes came packed; only the failures were built
+    assert built_alone.count(E.ATTEMPT_SUCCEEDED) == built_alone.count(E.TASK_FINISHED) == 0
+    assert built_beside.count(E.ATTEMPT_SUCCEEDED) == built_beside.count(E.TASK_FINISHED) == 6
+    assert built_alone.count(E.ATTEMPT_FAILED) == built_beside.count(E.ATTEMPT_FAILED) == 2
+
+
+async def _quick() -> None:
+    pass

@@ -13,13 +13,14 @@ import inspect
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
 import taskvisor as tv
 from conftest import GUARD, Recorder
 from taskvisor import Event, EventKind, Subscriber
-from taskvisor._events import new_event
+from taskvisor._events import new_event, unpack
 from taskvisor._fanout import Bus, EventStream
 from taskvisor._subscriber import as_subscriber
 
@@ -1177,3 +1178,111 @@ def test_bad_event_kinds_are_refused_when_the_supervisor_is_built(
     sub.event_kinds = kinds  # type: ignore[assignment]
     with pytest.raises(error, match=match):
         tv.Supervisor(subscribers=[sub])
+
+
+# ------------------------- ``_on_packed``: taskvisor's own subscribers take fields unbuilt
+
+
+class Packed(Subscriber):
+    """Takes packed events as fields (``_on_packed``) and whole ones through ``on_event``."""
+
+    def __init__(self, kinds: frozenset[EventKind] | None = None, fail_on: str = "") -> None:
+        self.event_kinds = kinds
+        self.fail_on = fail_on
+        self.seen: list[tuple[str, Event]] = []
+
+    def on_event(self, event: Event) -> None:
+        self.seen.append(("event", event))
+
+    def _on_packed(self, *fields: Any) -> None:
+        (event,) = unpack(list(fields))
+        if event.task == self.fail_on:
+            raise RuntimeError(f"packed {event.task}")
+        self.seen.append(("fields", event))
+
+
+async def after_delivery_round() -> None:
+    """Return once the fan-out's scheduled delivery round has run (not the drain at close).
+
+    The round was scheduled with ``call_soon``; a callback scheduled now runs after it.
+    """
+    done = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(done.set_result, None)
+    await asyncio.wait_for(done, GUARD)
+
+
+def _some_events(bus: Bus) -> list[str]:
+    bus.emit(EventKind.ATTEMPT_SUCCEEDED, "a", tv.TaskId(1), 1, 0.25)
+    bus.publish(new_event(EventKind.BACKOFF_SCHEDULED, "b", tv.TaskId(2), delay=0.1))
+    bus.emit_closing("c", tv.TaskId(3), tv.OutcomeKind.COMPLETED, 1, 0.5)
+    return ["a", "b", "c", "c", "c"]
+
+
+async def test_packed_events_reach_on_packed_unbuilt_and_whole_ones_on_event() -> None:
+    sub = Packed()
+    bus = make_bus(sub)
+    tasks = _some_events(bus)
+    await after_delivery_round()
+    await bus.close(GUARD)
+    assert [e.task for _, e in sub.seen] == tasks
+    assert [how for how, _ in sub.seen] == ["fields", "event", "fields", "fields", "fields"]
+    first = sub.seen[0][1]
+    assert (first.kind, first.task_id, first.attempt, first.duration) == (
+        EventKind.ATTEMPT_SUCCEEDED,
+        1,
+        1,
+        0.25,
+    )
+    seqs = [e.seq for _, e in sub.seen]
+    assert seqs == sorted(seqs)
+
+
+async def test_beside_a_plain_subscriber_on_packed_gets_built_events_like_it() -> None:
+    packed, plain = Packed(), Counting()
+    bus = make_bus(packed, plain)
+    tasks = _some_events(bus)
+    await after_delivery_round()
+    await bus.close(GUARD)
+    assert [how for how, _ in packed.seen] == ["event"] * len(tasks)
+    assert [e for _, e in packed.seen] == plain.seen
+
+
+async def test_on_packed_with_event_kinds_gets_only_those() -> None:
+    sub = Packed(frozenset({EventKind.TASK_FINISHED, EventKind.BACKOFF_SCHEDULED}))
+    bus = make_bus(sub)
+    _some_events(bus)
+    await after_delivery_round()
+    await bus.close(GUARD)
+    assert [(how, e.kind) for how, e in sub.seen] == [
+        ("event", EventKind.BACKOFF_SCHEDULED),
+        ("fields", EventKind.TASK_FINISHED),
+    ]
+
+
+async def test_on_packed_that_raises_is_a_panic_naming_the_event_and_others_go_on() -> None:
+    failing, other = Packed(fail_on="a"), Packed()
+    bus = make_bus(failing, other)
+    tasks = _some_events(bus)
+    await after_delivery_round()
+    await bus.close(GUARD)
+    assert [e.task for _, e in ordinary_seen(other)] == tasks
+    assert [e.task for _, e in ordinary_seen(failing)] == tasks[1:]
+    panics = [e for _, e in other.seen if e.kind is PANICKED]
+    assert [(p.task, p.reason) for p in panics] == [("Packed", "RuntimeError: packed a")]
+
+
+def ordinary_seen(sub: Packed) -> list[tuple[str, Event]]:
+    return [(how, e) for how, e in sub.seen if not e.is_diagnostic]
+
+
+def test_on_packed_is_ignored_for_async_and_blocking_subscribers() -> None:
+    class AsyncPacked(Packed):
+        async def on_event(self, event: Event) -> None:  # type: ignore[override]
+            pass
+
+    class BlockingPacked(Packed):
+        blocking = True
+
+    assert as_subscriber(Packed()).packed is not None
+    assert as_subscriber(AsyncPacked()).packed is None
+    assert as_subscriber(BlockingPacked()).packed is None

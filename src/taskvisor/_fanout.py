@@ -57,7 +57,7 @@ from ._events import (
     wall_clock,
 )
 from ._outcome import OutcomeKind
-from ._subscriber import DEFAULT_QUEUE_CAPACITY, EventCallback, SubscriberRef
+from ._subscriber import DEFAULT_QUEUE_CAPACITY, EventCallback, PackedCallback, SubscriberRef
 
 # Enum members as module constants: ``EventKind.X`` costs ~75 ns on CPython 3.11 (the enum
 # metaclass's attribute hook), a module global ~5 ns; these are read on every task's path.
@@ -308,6 +308,9 @@ class Bus:
         until = math.inf if deadline is None else deadline
         promoted: list[_Channel] = []
         rare = clock is not None or skips is not None  # else the per-event checks are skipped
+        if not rare and members and all(m[1].packed is not None for m in members):
+            self._dispatch_packed(log, members, by_kind)
+            return
         event: Any
         it = iter(log)
         # The packed runs are unpacked inline (see ``_events.unpack``): this loop is the hot
@@ -381,6 +384,51 @@ class Bus:
             self._log = [value for event in events for value in packed(event)]
             for ch in promoted:
                 ch.queue.extend(_unseen(events, self._skips, ch))
+
+    def _dispatch_packed(
+        self,
+        log: list[Any],
+        members: list[tuple[EventCallback, SubscriberRef, _Channel]],
+        by_kind: dict[EventKind, list[EventCallback]] | None,
+    ) -> None:
+        """``_dispatch`` when every sync subscriber takes packed events (``_on_packed``).
+
+        A packed event then reaches them as its fields, never built; a whole one goes to
+        ``on_event`` as usual. No skips and no deadline here (``_dispatch`` checked), and
+        no promotion: these subscribers are plain methods that return None.
+        """
+        calls = [m[0] for m in members]
+        hooks: list[PackedCallback] = [h for m in members if (h := m[1].packed) is not None]
+        hooks_by_kind = (
+            None
+            if by_kind is None
+            else {
+                kind: [h for m in members if m[2].wants(kind) and (h := m[1].packed) is not None]
+                for kind in EventKind
+            }
+        )
+        it = iter(log)
+        for kind, seq, at, task, task_id, attempt, duration, outcome in zip(
+            it, it, it, it, it, it, it, it, strict=True
+        ):
+            if kind is None:  # a whole event
+                for call in calls if by_kind is None else by_kind[seq.kind]:
+                    try:
+                        call(seq)
+                    except (KeyboardInterrupt, SystemExit):
+                        raise
+                    except BaseException as exc:  # a subscriber's bug, CancelledError included
+                        self._panicked(_member(members, call)[1], seq, exc)
+                continue
+            for hook in hooks if hooks_by_kind is None else hooks_by_kind[kind]:
+                try:
+                    hook(kind, seq, at, task, task_id, attempt, duration, outcome)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:
+                    ref = next(m[1] for m in members if m[1].packed is hook)
+                    run = [kind, seq, at, task, task_id, attempt, duration, outcome]
+                    self._panicked(ref, next(unpack(run)), exc)
 
     def _promote(self, ref: SubscriberRef, ch: _Channel, pending: Awaitable[Any]) -> None:
         """Move a "sync" subscriber that returned an awaitable onto a worker of its own.

@@ -57,7 +57,16 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
         name=exc.name,
     ) from exc
 
-from .. import Event, EventKind, OutcomeKind, RejectionKind, Subscriber, Supervisor, TaskState
+from .. import (
+    Event,
+    EventKind,
+    OutcomeKind,
+    RejectionKind,
+    Subscriber,
+    Supervisor,
+    TaskId,
+    TaskState,
+)
 
 __all__ = ["DEFAULT_BUCKETS", "PrometheusSubscriber"]
 
@@ -228,33 +237,20 @@ class PrometheusSubscriber(Subscriber):
     def on_event(self, event: Event) -> None:
         """Count one event."""
         kind = event.kind
-        rows = self._attempts.get(kind)
+        if kind in self._attempts or kind is _FINISHED:  # the common cases
+            self._on_packed(
+                kind,
+                event.seq,
+                event.at,
+                event.task or "",
+                event.task_id,
+                event.attempt,
+                event.duration,
+                event.outcome,
+            )
+            return
         task = (event.task or "") if self.task_label else ""
         lock = self._lock
-        if rows is not None:  # the common case: one attempt ended
-            duration = event.duration
-            lock.acquire()
-            try:
-                row = rows.get(task)
-                if row is None:
-                    row = rows[task] = self._zero_row.copy()
-                row[_N] += 1
-                if duration is not None:
-                    row[_BUCKETS + bisect.bisect_left(self._bounds, duration)] += 1
-                    row[_SUM] += duration
-            finally:
-                lock.release()
-            return
-        if kind is _FINISHED:  # the other common case: one task ended
-            outcome = event.outcome
-            if outcome is not None:
-                counts = self._outcomes[outcome]
-                lock.acquire()
-                try:
-                    counts[task] = counts.get(task, 0) + 1
-                finally:
-                    lock.release()
-            return
         with lock:
             if kind is _BACKOFF:
                 self._restarts[task] = self._restarts.get(task, 0) + 1
@@ -271,6 +267,43 @@ class PrometheusSubscriber(Subscriber):
             elif kind is _PANICKED:
                 name: Key = (event.task or "",)
                 self._panics[name] = self._panics.get(name, 0) + 1
+
+    def _on_packed(
+        self,
+        kind: EventKind,
+        seq: int,
+        at: float,
+        task: str,
+        task_id: TaskId | None,
+        attempt: int | None,
+        duration: float | None,
+        outcome: OutcomeKind | None,
+    ) -> None:
+        # ``on_event`` for an attempt's end or a task's end, given its fields: the fan-out
+        # calls this instead of building the Event (see ``taskvisor._subscriber``).
+        if not self.task_label:
+            task = ""
+        rows = self._attempts.get(kind)
+        lock = self._lock
+        if rows is not None:  # one attempt ended
+            lock.acquire()
+            try:
+                row = rows.get(task)
+                if row is None:
+                    row = rows[task] = self._zero_row.copy()
+                row[_N] += 1
+                if duration is not None:
+                    row[_BUCKETS + bisect.bisect_left(self._bounds, duration)] += 1
+                    row[_SUM] += duration
+            finally:
+                lock.release()
+        elif kind is _FINISHED and outcome is not None:  # one task ended
+            counts = self._outcomes[outcome]
+            lock.acquire()
+            try:
+                counts[task] = counts.get(task, 0) + 1
+            finally:
+                lock.release()
 
 
 class _Collector:
