@@ -20,7 +20,7 @@ import pytest
 import taskvisor as tv
 from conftest import GUARD, Recorder
 from taskvisor import Event, EventKind, Subscriber
-from taskvisor._events import new_event, unpack
+from taskvisor._events import new_event, runs, unpack
 from taskvisor._fanout import Bus, EventStream
 from taskvisor._subscriber import as_subscriber
 
@@ -1180,25 +1180,27 @@ def test_bad_event_kinds_are_refused_when_the_supervisor_is_built(
         tv.Supervisor(subscribers=[sub])
 
 
-# ------------------------- ``_on_packed``: taskvisor's own subscribers take fields unbuilt
+# ------------------- ``_on_packed``: taskvisor's own subscribers take whole rounds unbuilt
 
 
 class Packed(Subscriber):
-    """Takes packed events as fields (``_on_packed``) and whole ones through ``on_event``."""
+    """Takes whole delivery rounds (``_on_packed``); ``on_event`` when the bus builds events."""
 
     def __init__(self, kinds: frozenset[EventKind] | None = None, fail_on: str = "") -> None:
         self.event_kinds = kinds
         self.fail_on = fail_on
+        self.rounds = 0
         self.seen: list[tuple[str, Event]] = []
 
     def on_event(self, event: Event) -> None:
         self.seen.append(("event", event))
 
-    def _on_packed(self, *fields: Any) -> None:
-        (event,) = unpack(list(fields))
-        if event.task == self.fail_on:
-            raise RuntimeError(f"packed {event.task}")
-        self.seen.append(("fields", event))
+    def _on_packed(self, log: list[Any]) -> None:
+        self.rounds += 1
+        for run, event in zip(runs(log), unpack(log), strict=True):
+            if event.task == self.fail_on:
+                raise RuntimeError(f"packed {event.task}")
+            self.seen.append(("whole" if run[0] is None else "packed", event))
 
 
 async def after_delivery_round() -> None:
@@ -1218,14 +1220,15 @@ def _some_events(bus: Bus) -> list[str]:
     return ["a", "b", "c", "c", "c"]
 
 
-async def test_packed_events_reach_on_packed_unbuilt_and_whole_ones_on_event() -> None:
+async def test_a_round_reaches_on_packed_in_one_call_unbuilt_in_publish_order() -> None:
     sub = Packed()
     bus = make_bus(sub)
     tasks = _some_events(bus)
     await after_delivery_round()
+    assert sub.rounds == 1
     await bus.close(GUARD)
     assert [e.task for _, e in sub.seen] == tasks
-    assert [how for how, _ in sub.seen] == ["fields", "event", "fields", "fields", "fields"]
+    assert [how for how, _ in sub.seen] == ["packed", "whole", "packed", "packed", "packed"]
     first = sub.seen[0][1]
     assert (first.kind, first.task_id, first.attempt, first.duration) == (
         EventKind.ATTEMPT_SUCCEEDED,
@@ -1243,32 +1246,42 @@ async def test_beside_a_plain_subscriber_on_packed_gets_built_events_like_it() -
     tasks = _some_events(bus)
     await after_delivery_round()
     await bus.close(GUARD)
+    assert packed.rounds == 0
     assert [how for how, _ in packed.seen] == ["event"] * len(tasks)
     assert [e for _, e in packed.seen] == plain.seen
 
 
-async def test_on_packed_with_event_kinds_gets_only_those() -> None:
+async def test_the_drain_at_close_goes_through_on_event() -> None:
+    sub = Packed()
+    bus = make_bus(sub)
+    tasks = _some_events(bus)
+    await bus.close(GUARD)  # at once: the drain (it has a deadline) delivers event by event
+    assert sub.rounds == 0
+    assert [(how, e.task) for how, e in sub.seen] == [("event", t) for t in tasks]
+
+
+async def test_packed_rounds_leave_out_kinds_nobody_wants() -> None:
     sub = Packed(frozenset({EventKind.TASK_FINISHED, EventKind.BACKOFF_SCHEDULED}))
     bus = make_bus(sub)
     _some_events(bus)
     await after_delivery_round()
     await bus.close(GUARD)
     assert [(how, e.kind) for how, e in sub.seen] == [
-        ("event", EventKind.BACKOFF_SCHEDULED),
-        ("fields", EventKind.TASK_FINISHED),
+        ("whole", EventKind.BACKOFF_SCHEDULED),
+        ("packed", EventKind.TASK_FINISHED),
     ]
 
 
-async def test_on_packed_that_raises_is_a_panic_naming_the_event_and_others_go_on() -> None:
-    failing, other = Packed(fail_on="a"), Packed()
+async def test_on_packed_that_raises_is_one_panic_and_the_others_go_on() -> None:
+    failing, other = Packed(fail_on="b"), Packed()
     bus = make_bus(failing, other)
     tasks = _some_events(bus)
     await after_delivery_round()
     await bus.close(GUARD)
     assert [e.task for _, e in ordinary_seen(other)] == tasks
-    assert [e.task for _, e in ordinary_seen(failing)] == tasks[1:]
+    assert [e.task for _, e in ordinary_seen(failing)] == ["a"]  # the rest of its round is lost
     panics = [e for _, e in other.seen if e.kind is PANICKED]
-    assert [(p.task, p.reason) for p in panics] == [("Packed", "RuntimeError: packed a")]
+    assert [(p.task, p.reason) for p in panics] == [("Packed", "RuntimeError: packed b")]
 
 
 def ordinary_seen(sub: Packed) -> list[tuple[str, Event]]:

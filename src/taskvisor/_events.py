@@ -49,8 +49,17 @@ class BackoffSource(enum.StrEnum):
     FAILURE = "failure"
 
 
-next_seq = itertools.count(1).__next__
+_SEQUENCE = itertools.count(1)
+next_seq = _SEQUENCE.__next__
 """The process-wide event sequence: each call returns the next ``seq``."""
+
+
+def next_seqs(n: int) -> list[int]:
+    """The next ``n`` values of the sequence, consecutive.
+
+    Taken in one C call: no other thread's event can fall between them.
+    """
+    return list(itertools.islice(_SEQUENCE, n))
 
 
 _FIELDS = (
@@ -150,8 +159,9 @@ def new_event(
     outcome: OutcomeKind | None = None,
     rejection: RejectionKind | None = None,
     slot: str | None = None,
+    at: float | None = None,
 ) -> Event:
-    """Build an event stamped with the next process-wide ``seq`` and the wall clock.
+    """Build an event stamped with the next process-wide ``seq`` and the wall clock (or ``at``).
 
     The hot path of every publication, so it skips the frozen dataclass ``__init__`` (which
     costs ~1.8 µs for 15 fields): the fields given are stored into an ``EventDraft`` which then
@@ -161,7 +171,7 @@ def new_event(
     """
     ev: Any = EventDraft()
     ev.seq = next_seq()
-    ev.at = wall_clock()
+    ev.at = wall_clock() if at is None else at
     ev.kind = kind
     if task is not None:
         ev.task = task
@@ -209,12 +219,22 @@ def packed(event: Event) -> tuple[object, ...]:
     return (None, event, None, None, None, None, None, None)
 
 
-def unpack(log: list[object]) -> Iterator[Event]:
-    """The events of a packed log, in order, each built as it is reached."""
+Run = tuple[Any, Any, Any, Any, Any, Any, Any, Any]
+
+
+def runs(log: list[Any]) -> Iterator[Run]:
+    """The runs of a packed log, in order, as tuples of ``RECORD`` values.
+
+    A C-level iterator (no Python frame per run): ``kind, seq, at, task, task_id, attempt,
+    duration, outcome``, or ``None, event, …`` for an event stored whole.
+    """
     it = iter(log)
-    for kind, seq, at, task, task_id, attempt, duration, outcome in zip(
-        it, it, it, it, it, it, it, it, strict=True
-    ):
+    return zip(it, it, it, it, it, it, it, it, strict=True)
+
+
+def unpack(log: list[Any]) -> Iterator[Event]:
+    """The events of a packed log, in order, each built as it is reached."""
+    for kind, seq, at, task, task_id, attempt, duration, outcome in runs(log):
         if kind is None:
             yield seq
             continue

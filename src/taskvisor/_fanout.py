@@ -33,13 +33,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import math
 import operator
 import queue as _queue
 import threading
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -52,12 +53,13 @@ from ._events import (
     EventKind,
     new_event,
     next_seq,
+    next_seqs,
     packed,
     unpack,
     wall_clock,
 )
 from ._outcome import OutcomeKind
-from ._subscriber import DEFAULT_QUEUE_CAPACITY, EventCallback, PackedCallback, SubscriberRef
+from ._subscriber import DEFAULT_QUEUE_CAPACITY, EventCallback, SubscriberRef
 
 # Enum members as module constants: ``EventKind.X`` costs ~75 ns on CPython 3.11 (the enum
 # metaclass's attribute hook), a module global ~5 ns; these are read on every task's path.
@@ -309,14 +311,14 @@ class Bus:
         promoted: list[_Channel] = []
         rare = clock is not None or skips is not None  # else the per-event checks are skipped
         if not rare and members and all(m[1].packed is not None for m in members):
-            self._dispatch_packed(log, members, by_kind)
+            self._dispatch_packed(log, members)
             return
         event: Any
-        it = iter(log)
-        # The packed runs are unpacked inline (see ``_events.unpack``): this loop is the hot
-        # path of every event bound for sync subscribers.
+        values = iter(log)
+        # The packed runs (``_events.runs``) are unpacked inline (see ``_events.unpack``):
+        # this loop is the hot path of every event bound for sync subscribers.
         for kind, seq, at, task, task_id, attempt, duration, outcome in zip(
-            it, it, it, it, it, it, it, it, strict=True
+            values, values, values, values, values, values, values, values, strict=True
         ):
             if kind is None:
                 event = seq  # stored whole
@@ -357,7 +359,7 @@ class Bus:
                 continue
             if clock is not None and clock() >= until:
                 return
-            index = len(log) // RECORD - 1 - operator.length_hint(it) // RECORD
+            index = (len(log) - operator.length_hint(values)) // RECORD - 1
             for ch in promoted:  # moved to a worker of its own during this round
                 if ch.wants(kind) and (skips is None or not _dropped(skips, index, ch)):
                     ch.queue.append(event)
@@ -386,49 +388,22 @@ class Bus:
                 ch.queue.extend(_unseen(events, self._skips, ch))
 
     def _dispatch_packed(
-        self,
-        log: list[Any],
-        members: list[tuple[EventCallback, SubscriberRef, _Channel]],
-        by_kind: dict[EventKind, list[EventCallback]] | None,
+        self, log: list[Any], members: list[tuple[EventCallback, SubscriberRef, _Channel]]
     ) -> None:
-        """``_dispatch`` when every sync subscriber takes packed events (``_on_packed``).
+        """``_dispatch`` when every sync subscriber takes whole rounds (``_on_packed``).
 
-        A packed event then reaches them as its fields, never built; a whole one goes to
-        ``on_event`` as usual. No skips and no deadline here (``_dispatch`` checked), and
-        no promotion: these subscribers are plain methods that return None.
+        Each gets the round's log itself, in one call: nothing is built, and nothing is
+        called per event. No skips and no deadline here (``_dispatch`` checked first).
         """
-        calls = [m[0] for m in members]
-        hooks: list[PackedCallback] = [h for m in members if (h := m[1].packed) is not None]
-        hooks_by_kind = (
-            None
-            if by_kind is None
-            else {
-                kind: [h for m in members if m[2].wants(kind) and (h := m[1].packed) is not None]
-                for kind in EventKind
-            }
-        )
-        it = iter(log)
-        for kind, seq, at, task, task_id, attempt, duration, outcome in zip(
-            it, it, it, it, it, it, it, it, strict=True
-        ):
-            if kind is None:  # a whole event
-                for call in calls if by_kind is None else by_kind[seq.kind]:
-                    try:
-                        call(seq)
-                    except (KeyboardInterrupt, SystemExit):
-                        raise
-                    except BaseException as exc:  # a subscriber's bug, CancelledError included
-                        self._panicked(_member(members, call)[1], seq, exc)
-                continue
-            for hook in hooks if hooks_by_kind is None else hooks_by_kind[kind]:
-                try:
-                    hook(kind, seq, at, task, task_id, attempt, duration, outcome)
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except BaseException as exc:
-                    ref = next(m[1] for m in members if m[1].packed is hook)
-                    run = [kind, seq, at, task, task_id, attempt, duration, outcome]
-                    self._panicked(ref, next(unpack(run)), exc)
+        for _, ref, _ in members:
+            take = ref.packed
+            assert take is not None
+            try:
+                take(log)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # a bug of ours: reported, the others go on
+                self._panicked(ref, None, exc)
 
     def _promote(self, ref: SubscriberRef, ch: _Channel, pending: Awaitable[Any]) -> None:
         """Move a "sync" subscriber that returned an awaitable onto a worker of its own.
@@ -489,15 +464,22 @@ class Bus:
                 self._counts[kind] += len(tasks)
             if kind not in self._wanted:
                 return
-        ids: list[Any] = [None] * len(tasks) if task_ids is None else task_ids
         if RECORD * len(tasks) > self._pack_room - len(self._log):
+            ids: Iterable[TaskId | None] = task_ids or itertools.repeat(None, len(tasks))
             for task, task_id in zip(tasks, ids, strict=True):  # counted above: the slow way
                 self._offer(new_event(kind, task, task_id))
             return
-        log = self._log
-        at = wall_clock()
-        for task, task_id in zip(tasks, ids, strict=True):
-            log += (kind, next_seq(), at, task, task_id, None, None, None)
+        # The runs (kind, seq, at, task, task_id, None, None, None), written column by column
+        # into a block of None: a few C-level slice assignments instead of a loop in Python.
+        n = len(tasks)
+        block: list[Any] = [None] * (RECORD * n)
+        block[0::RECORD] = [kind] * n
+        block[1::RECORD] = next_seqs(n)
+        block[2::RECORD] = [wall_clock()] * n
+        block[3::RECORD] = tasks
+        if task_ids is not None:
+            block[4::RECORD] = task_ids
+        self._log += block
         if not self._dispatch_scheduled:
             self._schedule_dispatch()
 
@@ -516,29 +498,73 @@ class Bus:
         then one call for three events.
         """
         log = self._log
-        if len(log) + (2 * RECORD if attempt is None else 3 * RECORD) > self._pack_room:
-            # a queue listens, or some sync subscriber may be full: one by one, the slow way
-            if attempt is not None:
-                self.emit(_SUCCEEDED, task, task_id, attempt, duration)
-            self.emit(_FINISHED, task, task_id, outcome=outcome)
-            self.emit(_REMOVED, task, task_id)
+        if self._careful or len(log) + 3 * RECORD > self._pack_room:
+            self._emit_closing_carefully(task, task_id, outcome, attempt, duration)
             return
-        wanted = self._wanted
+        at = wall_clock()
+        if attempt is not None:
+            log += (_SUCCEEDED, next_seq(), at, task, task_id, attempt, duration, None)
+        log += (_FINISHED, next_seq(), at, task, task_id, None, None, outcome)
+        log += (_REMOVED, next_seq(), at, task, task_id, None, None, None)
+        if not self._dispatch_scheduled:
+            self._schedule_dispatch()
+
+    def _emit_closing_carefully(
+        self,
+        task: str,
+        task_id: TaskId,
+        outcome: OutcomeKind,
+        attempt: int | None,
+        duration: float | None,
+    ) -> None:
+        """``emit_closing`` with counts or kind filters, or maybe too little room to pack.
+
+        Each event on its own terms, as ``emit`` would take it; still one clock reading.
+        """
         if self._counting:
             counts = self._counts
             if attempt is not None:
                 counts[_SUCCEEDED] += 1
             counts[_FINISHED] += 1
             counts[_REMOVED] += 1
+        wanted = self._wanted
         at = wall_clock()
-        if attempt is not None and _SUCCEEDED in wanted:
-            log += (_SUCCEEDED, next_seq(), at, task, task_id, attempt, duration, None)
-        if _FINISHED in wanted:
-            log += (_FINISHED, next_seq(), at, task, task_id, None, None, outcome)
-        if _REMOVED in wanted:
-            log += (_REMOVED, next_seq(), at, task, task_id, None, None, None)
-        if log and not self._dispatch_scheduled:
-            self._schedule_dispatch()
+        log = self._log
+        if len(log) + 3 * RECORD <= self._pack_room:  # room for all three: pack the wanted
+            if attempt is not None and _SUCCEEDED in wanted:
+                log += (_SUCCEEDED, next_seq(), at, task, task_id, attempt, duration, None)
+            if _FINISHED in wanted:
+                log += (_FINISHED, next_seq(), at, task, task_id, None, None, outcome)
+            if _REMOVED in wanted:
+                log += (_REMOVED, next_seq(), at, task, task_id, None, None, None)
+            if log and not self._dispatch_scheduled:
+                self._schedule_dispatch()
+            return
+        runs: list[tuple[EventKind, int | None, float | None, OutcomeKind | None]] = [
+            (_FINISHED, None, None, outcome),
+            (_REMOVED, None, None, None),
+        ]
+        if attempt is not None:
+            runs.insert(0, (_SUCCEEDED, attempt, duration, None))
+        for kind, attempt_, duration_, outcome_ in runs:
+            if kind not in wanted:
+                continue
+            if len(self._log) < self._pack_room:
+                self._log += (kind, next_seq(), at, task, task_id, attempt_, duration_, outcome_)
+                if not self._dispatch_scheduled:
+                    self._schedule_dispatch()
+            else:  # counted above
+                self._offer(
+                    new_event(
+                        kind,
+                        task,
+                        task_id,
+                        attempt=attempt_,
+                        duration=duration_,
+                        outcome=outcome_,
+                        at=at,
+                    )
+                )
 
     def publish(self, event: Event) -> None:
         """Offer ``event`` to every subscriber without blocking; report those that refuse it."""

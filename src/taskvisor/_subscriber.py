@@ -8,9 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ._context import TaskId
 from ._events import Event, EventKind
-from ._outcome import OutcomeKind
 
 DEFAULT_QUEUE_CAPACITY = 1024
 
@@ -45,17 +43,16 @@ class Subscriber:
 
 
 EventCallback = Callable[[Event], Any]
-PackedCallback = Callable[
-    [EventKind, int, float, str, TaskId | None, int | None, float | None, OutcomeKind | None],
-    object,
-]
-"""``_on_packed(kind, seq, at, task, task_id, attempt, duration, outcome)``: a plain lifecycle
-event's fields, unbuilt (see ``_events.RECORD``).
+PackedCallback = Callable[[list[Any]], object]
+"""``_on_packed(log)``: a whole delivery round, as the fan-out's packed log (``_events.runs``).
 
-Internal, for the subscribers shipped with taskvisor (e.g. Prometheus): when every sync
-subscriber of a round offers it, the fan-out hands them the packed fields instead of building
-each ``Event`` (the main cost of a cheap subscriber). Whole events still go to ``on_event``,
-which must be a plain method returning None.
+Internal, for the subscribers shipped with taskvisor (e.g. Prometheus). When every sync
+subscriber of a round offers it and no event of the round was dropped for any of them, the
+fan-out hands each the round's log in one call, instead of building each ``Event`` and calling
+``on_event`` per event (the main costs of a cheap subscriber). The log is read-only and in
+publish order; it may hold kinds the subscriber did not ask for (it ignores them), and events
+stored whole (``kind`` None, the ``Event`` in ``seq``). Errors are the subscriber's to handle:
+one that escapes is reported once, and the rest of that round is lost for it.
 """
 
 

@@ -32,15 +32,15 @@ when the registry is scraped, from any thread (a custom collector in prometheus_
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import itertools
 import math
 import re
 import threading
 import weakref
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry
@@ -64,9 +64,9 @@ from .. import (
     RejectionKind,
     Subscriber,
     Supervisor,
-    TaskId,
     TaskState,
 )
+from .._events import RECORD, Run, runs
 
 __all__ = ["DEFAULT_BUCKETS", "PrometheusSubscriber"]
 
@@ -104,6 +104,7 @@ _REJECTED = EventKind.CONTROLLER_REJECTED
 _OVERFLOW = EventKind.SUBSCRIBER_OVERFLOW
 _PANICKED = EventKind.SUBSCRIBER_PANICKED
 _KINDS = frozenset({*_RESULTS, _BACKOFF, _FINISHED, _ADD_FAILED, _REJECTED, _OVERFLOW, _PANICKED})
+_ROUND_SLICE = RECORD * 512  # packed values counted per lock hold (512 events)
 _NAMESPACE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 
 Key = tuple[str, ...]
@@ -238,16 +239,9 @@ class PrometheusSubscriber(Subscriber):
         """Count one event."""
         kind = event.kind
         if kind in self._attempts or kind is _FINISHED:  # the common cases
-            self._on_packed(
-                kind,
-                event.seq,
-                event.at,
-                event.task or "",
-                event.task_id,
-                event.attempt,
-                event.duration,
-                event.outcome,
-            )
+            run = (kind, None, None, event.task or "", None, None, event.duration, event.outcome)
+            with self._lock:
+                self._count_ends([run], [])
             return
         task = (event.task or "") if self.task_label else ""
         lock = self._lock
@@ -268,42 +262,44 @@ class PrometheusSubscriber(Subscriber):
                 name: Key = (event.task or "",)
                 self._panics[name] = self._panics.get(name, 0) + 1
 
-    def _on_packed(
-        self,
-        kind: EventKind,
-        seq: int,
-        at: float,
-        task: str,
-        task_id: TaskId | None,
-        attempt: int | None,
-        duration: float | None,
-        outcome: OutcomeKind | None,
-    ) -> None:
-        # ``on_event`` for an attempt's end or a task's end, given its fields: the fan-out
-        # calls this instead of building the Event (see ``taskvisor._subscriber``).
-        if not self.task_label:
-            task = ""
-        rows = self._attempts.get(kind)
-        lock = self._lock
-        if rows is not None:  # one attempt ended
-            lock.acquire()
-            try:
+    def _on_packed(self, log: list[Any]) -> None:
+        """``on_event`` for a whole delivery round, unbuilt (see ``taskvisor._subscriber``)."""
+        whole: list[Event] = []
+        for start in range(0, len(log), _ROUND_SLICE):
+            with self._lock:  # per slice: a scrape never waits long for it
+                self._count_ends(runs(log[start : start + _ROUND_SLICE]), whole)
+        for event in whole:
+            self.on_event(event)
+
+    def _count_ends(self, ends: Iterable[Run], whole: list[Event]) -> None:
+        """Count the attempt ends and task ends among packed runs; the lock is held.
+
+        The events stored whole are left for ``on_event``, in ``whole``.
+        """
+        attempts = self._attempts
+        outcomes = self._outcomes
+        bounds = self._bounds
+        labelled = self.task_label
+        for kind, seq, _, task, _, _, duration, outcome in ends:
+            rows = attempts.get(kind)
+            if rows is not None:  # one attempt ended
+                if not labelled:
+                    task = ""
                 row = rows.get(task)
                 if row is None:
                     row = rows[task] = self._zero_row.copy()
                 row[_N] += 1
                 if duration is not None:
-                    row[_BUCKETS + bisect.bisect_left(self._bounds, duration)] += 1
+                    row[_BUCKETS + bisect_left(bounds, duration)] += 1
                     row[_SUM] += duration
-            finally:
-                lock.release()
-        elif kind is _FINISHED and outcome is not None:  # one task ended
-            counts = self._outcomes[outcome]
-            lock.acquire()
-            try:
-                counts[task] = counts.get(task, 0) + 1
-            finally:
-                lock.release()
+            elif kind is _FINISHED:  # one task ended
+                if outcome is not None:
+                    counts = outcomes[outcome]
+                    if not labelled:
+                        task = ""
+                    counts[task] = counts.get(task, 0) + 1
+            elif kind is None:
+                whole.append(seq)
 
 
 class _Collector:
