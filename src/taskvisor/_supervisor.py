@@ -489,8 +489,9 @@ class Supervisor:
 
     def _admit_batch(self, batch: _List[TaskSpec]) -> None:
         bus = self._bus
-        if bus.listening:
-            bus.emit_each(_ADD_REQUESTED, [spec.name for spec in batch])
+        names = [spec.name for spec in batch] if bus.listening else []
+        if names:
+            bus.emit_each(_ADD_REQUESTED, names)
         seen: set[str] = set()
         conflicts: set[str] = set()
         first: str | None = None
@@ -510,8 +511,8 @@ class Supervisor:
                 self._reject(spec.name, None, kind)
             raise TaskAlreadyExists(first)
         records = [self._enroll(spec, new_task_id(), None, None) for spec in batch]
-        if bus.listening:
-            bus.emit_each(_ADDED, [rec.name for rec in records], [rec.id for rec in records])
+        if names:  # listening (no event can have changed that since)
+            bus.emit_each(_ADDED, names, [rec.id for rec in records])
         for rec in records:
             self._launch(rec)
 
