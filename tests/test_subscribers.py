@@ -1299,3 +1299,25 @@ def test_on_packed_is_ignored_for_async_and_blocking_subscribers() -> None:
     assert as_subscriber(Packed()).packed is not None
     assert as_subscriber(AsyncPacked()).packed is None
     assert as_subscriber(BlockingPacked()).packed is None
+
+
+async def test_a_subclass_that_overrides_only_on_event_gets_every_event_there() -> None:
+    class Extended(Packed):
+        def on_event(self, event: Event) -> None:
+            self.seen.append(("extended", event))
+
+    class Both(Extended):
+        def _on_packed(self, log: list[Any]) -> None:
+            super()._on_packed(log)
+
+    patched = Packed()
+    patched.on_event = lambda event: None  # type: ignore[method-assign]
+    assert as_subscriber(Extended()).packed is None
+    assert as_subscriber(patched).packed is None
+    assert as_subscriber(Both()).packed is not None  # it knows both: trusted
+    sub = Extended()
+    bus = make_bus(sub)
+    tasks = _some_events(bus)
+    await after_delivery_round()
+    await bus.close(GUARD)
+    assert [(how, e.task) for how, e in sub.seen] == [("extended", t) for t in tasks]

@@ -112,10 +112,25 @@ def as_subscriber(obj: object) -> SubscriberRef:
     if blocking and is_async:
         raise TypeError(f"subscriber {name!r}: blocking = True needs a sync on_event")
     kinds = _check_kinds(name, getattr(obj, "event_kinds", None))
-    packed = getattr(obj, "_on_packed", None)
-    if is_async or blocking or not callable(packed):
-        packed = None
+    packed = None if is_async or blocking else _round_taker(obj)
     return SubscriberRef(name, max(1, capacity), call, is_async, blocking, kinds, packed)
+
+
+def _round_taker(obj: object) -> PackedCallback | None:
+    """``obj._on_packed``, if it may stand in for ``obj.on_event`` (see ``PackedCallback``).
+
+    Only when the class that defines it also defines the ``on_event`` in use, or inherits it
+    unchanged: a subclass that overrides ``on_event`` alone still gets every event there.
+    """
+    if "on_event" in getattr(obj, "__dict__", {}):
+        return None
+    mro = type(obj).__mro__
+    packed_owner = next((c for c in mro if "_on_packed" in vars(c)), None)
+    event_owner = next((c for c in mro if "on_event" in vars(c)), None)
+    if packed_owner is None or event_owner is None or not issubclass(packed_owner, event_owner):
+        return None
+    packed = getattr(obj, "_on_packed", None)
+    return packed if callable(packed) else None
 
 
 def _check_kinds(name: str, kinds: object) -> frozenset[EventKind] | None:
