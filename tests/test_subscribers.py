@@ -961,6 +961,21 @@ async def test_a_packed_event_is_an_event_stamped_when_it_was_emitted() -> None:
     assert all(a is b for a, b in zip(first.seen, second.seen, strict=True))
 
 
+async def test_an_event_stamped_from_a_perf_counter_reading_reads_as_the_wall_clock() -> None:
+    sub = Counting()
+    bus = make_bus(sub)
+    before = time.time()
+    bus.emit(EventKind.ATTEMPT_STARTING, "job", tv.TaskId(3), 1, now=time.perf_counter())
+    bus.emit(EventKind.TASK_ADD_REQUESTED, "other")  # the wall clock read directly
+    bus.emit_closing("job", tv.TaskId(3), tv.OutcomeKind.COMPLETED, 1, 0.5, time.perf_counter())
+    after = time.time()
+    await bus.close(GUARD)
+    stamps = [e.at for e in sub.seen]
+    assert len(stamps) == 5
+    assert before <= stamps[0] <= stamps[1] <= stamps[2] <= after
+    assert stamps[2] == stamps[3] == stamps[4]
+
+
 async def test_packed_and_whole_events_keep_publish_order() -> None:
     sub = Counting()
     bus = make_bus(sub)

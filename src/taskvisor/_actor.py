@@ -73,9 +73,9 @@ class SlotPool:
             self._sem.release()
 
 
-Finish = Callable[[TaskRecord, TaskOutcome, float | None], None]
-"""The supervisor's cleanup: the record, its outcome, and the duration of a last attempt
-that has just succeeded and whose ``ATTEMPT_SUCCEEDED`` is not out yet (else None)."""
+Finish = Callable[[TaskRecord, TaskOutcome, bool], None]
+"""The supervisor's cleanup: the record, its outcome, and whether its last attempt has just
+succeeded and is still open (the cleanup closes it and publishes its ``ATTEMPT_SUCCEEDED``)."""
 
 
 async def drive(
@@ -98,7 +98,7 @@ async def drive(
     streak = 0
     previous_delay: float | None = None
     outcome: TaskOutcome
-    succeeded_in: float | None = None
+    just_succeeded = False
     try:
         while True:
             if rec.requested:
@@ -141,7 +141,7 @@ async def drive(
                 if not always and not rec.requested:
                     # The task ends here: its ATTEMPT_SUCCEEDED goes out with TASK_FINISHED
                     # and TASK_REMOVED, in one call of the fan-out (``Bus.emit_closing``).
-                    succeeded_in = attempt.end(rec)
+                    just_succeeded = True
                     outcome = _completed(rec.attempt)
                     break
                 attempt.succeeded(rec, bus)
@@ -199,12 +199,12 @@ async def drive(
         finish(
             rec,
             TaskOutcome(OutcomeKind.FAILED, describe(exc), None, exc, attempts=rec.attempt),
-            None,
+            False,
         )
         if isinstance(exc, KeyboardInterrupt | SystemExit | Exception):
             raise
         return
-    finish(rec, outcome, succeeded_in)
+    finish(rec, outcome, just_succeeded)
 
 
 def _backoff(

@@ -71,9 +71,9 @@ def begin(rec: TaskRecord, bus: Bus) -> Awaitable[Any]:
     rec.attempt += 1
     attempt = rec.attempt
     rec.state = _RUNNING
+    started = rec.attempt_started = time.perf_counter()  # cleared by the terminal event
     if bus.listening:
-        bus.emit(_STARTING, rec.name, rec.id, attempt)
-    rec.attempt_started = time.perf_counter()  # cleared by the terminal event
+        bus.emit(_STARTING, rec.name, rec.id, attempt, now=started)
     spec = rec.spec
     fn: Callable[..., Awaitable[Any]] = spec.fn
     if spec._takes_context:
@@ -81,15 +81,18 @@ def begin(rec: TaskRecord, bus: Bus) -> Awaitable[Any]:
     return fn()
 
 
-def end(rec: TaskRecord) -> float:
-    """Close the attempt without publishing its terminal event: its duration so far.
+def end(rec: TaskRecord, now: float | None = None) -> float:
+    """Close the attempt without publishing its terminal event; return its duration.
 
-    The caller publishes the event (``_actor.drive``: a one-shot task's success goes out
-    with its closing events).
+    The duration runs until ``now``, a ``time.perf_counter()`` reading (by default read
+    here). The caller publishes the event (the supervisor's cleanup: a one-shot task's success goes
+    out with its closing events).
     """
     started = rec.attempt_started
     rec.attempt_started = None
-    return 0.0 if started is None else time.perf_counter() - started
+    if started is None:
+        return 0.0
+    return (time.perf_counter() if now is None else now) - started
 
 
 def succeeded(rec: TaskRecord, bus: Bus) -> None:

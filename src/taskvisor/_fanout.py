@@ -38,6 +38,7 @@ import math
 import operator
 import queue as _queue
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -205,6 +206,10 @@ class Bus:
         # with neither counts nor filters, a plain lifecycle event costs one append.
         self._careful = False
         self._dispatch_scheduled = False
+        # The wall clock minus ``time.perf_counter()``, re-read at the first event of each
+        # round: what turns a perf_counter reading the supervisor has taken anyway (an
+        # attempt's start or end) into a packed event's ``at``, for one clock read less.
+        self._epoch = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._closed: asyncio.Future[None] | None = None
@@ -277,9 +282,11 @@ class Bus:
         return ch.backlog
 
     def _schedule_dispatch(self) -> None:
+        """A round begins: schedule its delivery; re-read the clocks' offset (``_epoch``)."""
         if self._sync and not self._dispatch_scheduled and self._loop is not None:
             self._dispatch_scheduled = True
             self._loop.call_soon(self._dispatch)
+            self._epoch = wall_clock() - time.perf_counter()
 
     def _dispatch(self, deadline: float | None = None) -> None:
         """Hand the shared log to the sync subscribers, event by event; then start a new log.
@@ -430,11 +437,14 @@ class Bus:
         attempt: int | None = None,
         duration: float | None = None,
         outcome: OutcomeKind | None = None,
+        now: float | None = None,
     ) -> None:
         """Publish a plain lifecycle event (the fields named here only), as ``publish`` does.
 
         When only sync subscribers listen, the event is packed into the shared log and built
         at delivery (see ``_events.unpack``); a queue needs the ``Event`` itself, built now.
+        ``now``: a ``time.perf_counter()`` reading the caller took for this event; a packed
+        event's ``at`` is derived from it (see ``_epoch``), else the wall clock is read.
         """
         if self._careful:
             if self._counting:
@@ -443,9 +453,10 @@ class Bus:
                 return
         log = self._log
         if len(log) < self._pack_room:
-            log += (kind, next_seq(), wall_clock(), task, task_id, attempt, duration, outcome)
             if not self._dispatch_scheduled:
                 self._schedule_dispatch()
+            at = wall_clock() if now is None else now + self._epoch
+            log += (kind, next_seq(), at, task, task_id, attempt, duration, outcome)
         else:
             self._offer(
                 new_event(kind, task, task_id, attempt=attempt, duration=duration, outcome=outcome)
@@ -490,18 +501,22 @@ class Bus:
         outcome: OutcomeKind,
         attempt: int | None = None,
         duration: float | None = None,
+        now: float | None = None,
     ) -> None:
-        """``TASK_FINISHED`` (with ``outcome`` only) then ``TASK_REMOVED``, one clock reading.
+        """``TASK_FINISHED`` (with ``outcome`` only) then ``TASK_REMOVED``, at one time.
 
-        With ``attempt``, the task's last attempt has just succeeded: its ``ATTEMPT_SUCCEEDED``
-        (``attempt``, ``duration``) goes out first, in the same call. A one-shot task's end is
-        then one call for three events.
+        The time is derived from ``now`` as in ``emit``, else read. With ``attempt``, the task's
+        last attempt has just succeeded: its ``ATTEMPT_SUCCEEDED`` (``attempt``, ``duration``)
+        goes out first, in the same call. A one-shot task's end is then one call for three
+        events.
         """
         log = self._log
         if self._careful or len(log) + 3 * RECORD > self._pack_room:
             self._emit_closing_carefully(task, task_id, outcome, attempt, duration)
             return
-        at = wall_clock()
+        if not self._dispatch_scheduled:
+            self._schedule_dispatch()
+        at = wall_clock() if now is None else now + self._epoch
         # One extend for all the runs: appending to the log is a good part of the cost.
         # fmt: off
         if attempt is not None:
@@ -516,8 +531,6 @@ class Bus:
                 _REMOVED, next_seq(), at, task, task_id, None, None, None,
             )
         # fmt: on
-        if not self._dispatch_scheduled:
-            self._schedule_dispatch()
 
     def _emit_closing_carefully(
         self,
@@ -529,8 +542,9 @@ class Bus:
     ) -> None:
         """``emit_closing`` with counts or kind filters, or maybe too little room to pack.
 
-        Each event on its own terms, as ``emit`` would take it; still one clock reading.
+        Each event on its own terms, as ``emit`` would take it; one clock reading.
         """
+        at = wall_clock()
         if self._counting:
             counts = self._counts
             if attempt is not None:
@@ -538,7 +552,6 @@ class Bus:
             counts[_FINISHED] += 1
             counts[_REMOVED] += 1
         wanted = self._wanted
-        at = wall_clock()
         log = self._log
         if len(log) + 3 * RECORD <= self._pack_room:  # room for all three: pack the wanted
             if attempt is not None and _SUCCEEDED in wanted:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -250,14 +251,13 @@ class Supervisor:
             name=f"taskvisor:{rec.name}",
         )
 
-    def _cleanup(
-        self, rec: TaskRecord, outcome: TaskOutcome, succeeded_in: float | None = None
-    ) -> None:
+    def _cleanup(self, rec: TaskRecord, outcome: TaskOutcome, just_succeeded: bool = False) -> None:
         """The one cleanup of a task; later calls (an abandoned runner ending) do nothing.
 
-        ``succeeded_in``: the last attempt has just succeeded, in that many seconds, and its
-        ``ATTEMPT_SUCCEEDED`` is published here, with ``TASK_FINISHED`` (see ``_actor.drive``).
+        ``just_succeeded``: the last attempt has just succeeded and is still open. It is closed
+        here, and its ``ATTEMPT_SUCCEEDED`` goes out with ``TASK_FINISHED`` (``_actor.drive``).
         """
+        ended = time.perf_counter() if just_succeeded else 0.0
         if rec.finalized:
             return
         rec.finalized = True
@@ -269,14 +269,18 @@ class Supervisor:
             self._slots.release(rec)
         self._registry.release(rec)
         bus = self._bus
+        last = duration = None
+        if just_succeeded:
+            last = rec.attempt
+            duration = attempt.end(rec, ended)
         if bus.listening:
             # TASK_FINISHED, then TASK_REMOVED (the name is released by now)
-            last = None if succeeded_in is None else rec.attempt
+            now = ended if just_succeeded else None
             if outcome.reason is None and outcome.exit_code is None:
-                bus.emit_closing(rec.name, rec.id, outcome.kind, last, succeeded_in)
+                bus.emit_closing(rec.name, rec.id, outcome.kind, last, duration, now)
             else:
                 if last is not None:
-                    bus.emit(_SUCCEEDED, rec.name, rec.id, last, succeeded_in)
+                    bus.emit(_SUCCEEDED, rec.name, rec.id, last, duration, now=now)
                 bus.publish(
                     new_event(
                         EventKind.TASK_FINISHED,
