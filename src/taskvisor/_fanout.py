@@ -38,10 +38,10 @@ import math
 import operator
 import queue as _queue
 import threading
-import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from time import perf_counter
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -69,6 +69,9 @@ _FINISHED = EventKind.TASK_FINISHED
 _REMOVED = EventKind.TASK_REMOVED
 
 _T = TypeVar("_T")
+
+_EPOCH_TTL = 0.001
+"""Seconds an offset between the wall clock and ``time.perf_counter()`` is used (``_wall_time``)."""
 
 
 class _SubscriberThread:
@@ -199,6 +202,10 @@ class Bus:
         self._pack_room = 0
         self._backlogs_valid = False  # see ``_backlog``
         self._filtering = False  # some sync subscriber has ``kinds``
+        self._members: list[tuple[EventCallback, SubscriberRef, _Channel]] = []
+        self._calls: list[EventCallback] = []
+        self._calls_by_kind: dict[EventKind, list[EventCallback]] | None = None
+        self._unbuilt = False
         self._wanted: frozenset[EventKind] = frozenset()  # kinds someone gets
         self._counts = dict.fromkeys(EventKind, 0)
         self._counting = False  # see ``count_events``
@@ -206,10 +213,9 @@ class Bus:
         # with neither counts nor filters, a plain lifecycle event costs one append.
         self._careful = False
         self._dispatch_scheduled = False
-        # The wall clock minus ``time.perf_counter()``, re-read at the first event of each
-        # round: what turns a perf_counter reading the supervisor has taken anyway (an
-        # attempt's start or end) into a packed event's ``at``, for one clock read less.
+        # The wall clock minus ``time.perf_counter()`` (see ``_wall_time``), and when it was read.
         self._epoch = 0.0
+        self._epoch_taken = -math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._closed: asyncio.Future[None] | None = None
@@ -244,6 +250,12 @@ class Bus:
         # ``emit`` packs only when sync subscribers alone listen: a queue needs the Event.
         self._pack_room = 0 if self._channels else self._sync_room
         self._filtering = any(ch.kinds is not None for _, ch in self._sync)
+        # What each round of ``_dispatch`` hands its events to.
+        self._members = [(ref.call, ref, ch) for ref, ch in self._sync if not ch.closed]
+        self._calls = [m[0] for m in self._members]
+        self._calls_by_kind = _calls_by_kind(self._members) if self._filtering else None
+        # Every sync subscriber takes whole rounds unbuilt (``_on_packed``): see ``_dispatch``.
+        self._unbuilt = all(ref.packed is not None for ref, _ in self._sync)
         everyone = {id(ch): ch for ch in (*self._sub_channels, *self._channels)}
         wanted: set[EventKind] = set()
         for ch in everyone.values():
@@ -282,11 +294,20 @@ class Bus:
         return ch.backlog
 
     def _schedule_dispatch(self) -> None:
-        """A round begins: schedule its delivery; re-read the clocks' offset (``_epoch``)."""
         if self._sync and not self._dispatch_scheduled and self._loop is not None:
             self._dispatch_scheduled = True
             self._loop.call_soon(self._dispatch)
-            self._epoch = wall_clock() - time.perf_counter()
+
+    def _wall_time(self, now: float) -> float:
+        """The wall-clock time of ``now``, a ``time.perf_counter()`` reading the caller took.
+
+        Through the offset between the two clocks, re-read at most every ``_EPOCH_TTL``
+        seconds: a wall-clock step shows within that, and a burst of events costs a few clock
+        readings per millisecond instead of one per event.
+        """
+        if now - self._epoch_taken > _EPOCH_TTL:
+            self._epoch, self._epoch_taken = _clock_offset()
+        return now + self._epoch
 
     def _dispatch(self, deadline: float | None = None) -> None:
         """Hand the shared log to the sync subscribers, event by event; then start a new log.
@@ -303,23 +324,24 @@ class Bus:
         if not log:
             return
         skips = self._skips
+        if skips is not None or self._backlogs_valid:
+            for _, ch in self._sync:
+                ch.skipped = 0
+                ch.backlog = 0
         self._log = []  # what is published meanwhile (diagnostics) goes to the next round
         self._skips = None
         self._backlogs_valid = False
-        members = [(ref.call, ref, ch) for ref, ch in self._sync if not ch.closed]
-        calls = [m[0] for m in members]
-        by_kind = _calls_by_kind(members) if self._filtering else None
-        for _, ch in self._sync:
-            ch.skipped = 0
-            ch.backlog = 0
+        # The round's recipients, kept from ``_update_rooms`` (rebound, never changed, below)
+        members, calls, by_kind = self._members, self._calls, self._calls_by_kind
         # Only the drain at close has a deadline; the clock is read only then.
         clock = self._loop.time if deadline is not None and self._loop is not None else None
         until = math.inf if deadline is None else deadline
         promoted: list[_Channel] = []
         rare = clock is not None or skips is not None  # else the per-event checks are skipped
-        if not rare and members and all(m[1].packed is not None for m in members):
+        if self._unbuilt and not rare and members:
             self._dispatch_packed(log, members)
             return
+        index = -1  # of the event at hand; counted only while ``rare``
         event: Any
         values = iter(log)
         # The packed runs (``_events.runs``) are unpacked inline (see ``_events.unpack``):
@@ -362,11 +384,12 @@ class Bus:
                         by_kind = _calls_by_kind(members) if by_kind is not None else None
                         promoted.append(ch)
                         rare = True
+                        index = (len(log) - operator.length_hint(values)) // RECORD - 1
                         self._promote(ref, ch, result)
                 continue
+            index += 1
             if clock is not None and clock() >= until:
                 return
-            index = (len(log) - operator.length_hint(values)) // RECORD - 1
             for ch in promoted:  # moved to a worker of its own during this round
                 if ch.wants(kind) and (skips is None or not _dropped(skips, index, ch)):
                     ch.queue.append(event)
@@ -453,10 +476,10 @@ class Bus:
                 return
         log = self._log
         if len(log) < self._pack_room:
+            at = wall_clock() if now is None else self._wall_time(now)
+            log += (kind, next_seq(), at, task, task_id, attempt, duration, outcome)
             if not self._dispatch_scheduled:
                 self._schedule_dispatch()
-            at = wall_clock() if now is None else now + self._epoch
-            log += (kind, next_seq(), at, task, task_id, attempt, duration, outcome)
         else:
             self._offer(
                 new_event(kind, task, task_id, attempt=attempt, duration=duration, outcome=outcome)
@@ -514,9 +537,7 @@ class Bus:
         if self._careful or len(log) + 3 * RECORD > self._pack_room:
             self._emit_closing_carefully(task, task_id, outcome, attempt, duration)
             return
-        if not self._dispatch_scheduled:
-            self._schedule_dispatch()
-        at = wall_clock() if now is None else now + self._epoch
+        at = wall_clock() if now is None else self._wall_time(now)
         # One extend for all the runs: appending to the log is a good part of the cost.
         # fmt: off
         if attempt is not None:
@@ -531,6 +552,8 @@ class Bus:
                 _REMOVED, next_seq(), at, task, task_id, None, None, None,
             )
         # fmt: on
+        if not self._dispatch_scheduled:
+            self._schedule_dispatch()
 
     def _emit_closing_carefully(
         self,
@@ -773,6 +796,22 @@ class Bus:
             self._update_rooms()
         finally:
             self._closed.set_result(None)
+
+
+def _clock_offset() -> tuple[float, float]:
+    """The wall clock minus ``time.perf_counter()``, and the perf_counter reading it holds at.
+
+    The wall clock is read between two perf_counter readings and set against their middle;
+    a pair more than a microsecond apart (the thread was interrupted) is read again.
+    """
+    for _ in range(3):
+        before = perf_counter()
+        wall = wall_clock()
+        after = perf_counter()
+        if after - before < 1e-6:
+            break
+    middle = (before + after) / 2
+    return wall - middle, middle
 
 
 def _calls_by_kind(
