@@ -981,6 +981,48 @@ async def test_an_event_stamped_from_a_perf_counter_reading_reads_as_the_wall_cl
     assert stamps[2] == stamps[3] == stamps[4]
 
 
+async def test_a_controller_event_packed_or_built_carries_its_slot_and_reason() -> None:
+    transition, submitted = EventKind.CONTROLLER_SLOT_TRANSITION, EventKind.CONTROLLER_SUBMITTED
+    sync_only, beside_a_queue = Counting(), Counting()
+    packed_bus = make_bus(sync_only)
+    gated = Gated()
+    gated.gate.set()
+    built_bus = make_bus(beside_a_queue, gated)  # a queue listens: events are built at once
+    for bus in (packed_bus, built_bus):
+        bus.emit_slotted(submitted, "job", tv.TaskId(4), "key")
+        bus.emit_slotted(transition, None, None, "key", "idle→admitting")
+    await packed_bus.close(GUARD)
+    await built_bus.close(GUARD)
+    assert gated.seen == beside_a_queue.seen
+    for seen in (sync_only.seen, beside_a_queue.seen):
+        sub, moved = seen
+        assert (sub.kind, sub.task, sub.task_id, sub.slot, sub.reason) == (
+            submitted,
+            "job",
+            4,
+            "key",
+            None,
+        )
+        assert (moved.kind, moved.task, moved.slot, moved.reason) == (
+            transition,
+            None,
+            "key",
+            "idle→admitting",
+        )
+        assert moved.duration is None
+        assert moved.outcome is None
+    # the promotion path rebuilds a round with ``_events.unpack``: the same mapping there
+    log: list[Any] = []
+    log += (transition, 1, 2.0, None, None, None, "key", "idle→admitting")
+    (event,) = unpack(log)
+    assert (event.slot, event.reason, event.duration, event.outcome) == (
+        "key",
+        "idle→admitting",
+        None,
+        None,
+    )
+
+
 async def test_packed_and_whole_events_keep_publish_order() -> None:
     sub = Counting()
     bus = make_bus(sub)

@@ -194,6 +194,8 @@ _IDLE = SlotState.IDLE
 _ADMITTING = SlotState.ADMITTING
 _RUNNING = SlotState.RUNNING
 _TERMINATING = SlotState.TERMINATING
+_SUBMITTED = EventKind.CONTROLLER_SUBMITTED
+_TRANSITION = EventKind.CONTROLLER_SLOT_TRANSITION
 
 _LEGAL: dict[tuple[SlotState, SlotState], str] = {
     (old, new): f"{old.value}→{new.value}"
@@ -266,9 +268,7 @@ class Controller:
         sup = self._sup
         bus = sup._bus
         if bus.listening:
-            bus.publish(
-                new_event(EventKind.CONTROLLER_SLOT_TRANSITION, slot=slot.key, reason=reason)
-            )
+            bus.emit_slotted(_TRANSITION, None, None, slot.key, reason)
         if new is _IDLE:
             if slot.queue:
                 raise RuntimeError(f"slot {slot.key!r} cannot go idle with queued work")
@@ -392,7 +392,7 @@ class Controller:
         handle = sup._handle(sub.id, spec.name, sub.future)
         bus = sup._bus
         if bus.listening:
-            bus.publish(new_event(EventKind.CONTROLLER_SUBMITTED, spec.name, sub.id, slot=key))
+            bus.emit_slotted(_SUBMITTED, spec.name, sub.id, key)
         if self._closed:
             self._reject(sub, RejectionKind.SHUTTING_DOWN)
             return handle

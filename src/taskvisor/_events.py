@@ -207,11 +207,17 @@ def new_event(
 # ``RECORD`` plain values in one list, and builds each ``Event`` when it is delivered: an event
 # then lives only while it is handed out, instead of for a whole loop iteration (allocated and
 # freed at once, it costs the garbage collector nothing). The run of a plain lifecycle event is
-# ``kind, seq, at, task, task_id, attempt, duration, outcome``; any other event is stored whole,
-# as ``None, event`` followed by ``RECORD - 2`` ``None``.
+# ``kind, seq, at, task, task_id, attempt, duration, outcome``. The controller's submissions
+# and slot transitions use the last two places for ``slot`` and ``reason`` instead (the kinds
+# in ``SLOTTED``): no kind needs both pairs. Any other event is stored whole, as
+# ``None, event`` followed by ``RECORD - 2`` ``None``.
 
 RECORD = 8
 """Values per packed event."""
+
+SLOTTED = frozenset({EventKind.CONTROLLER_SUBMITTED, EventKind.CONTROLLER_SLOT_TRANSITION})
+"""Kinds whose packed run holds ``slot`` and ``reason`` where the others hold ``duration``
+and ``outcome``."""
 
 
 def packed(event: Event) -> tuple[object, ...]:
@@ -248,8 +254,14 @@ def unpack(log: list[Any]) -> Iterator[Event]:
         if attempt is not None:
             ev.attempt = attempt
         if duration is not None:
-            ev.duration = duration
+            if kind in SLOTTED:
+                ev.slot = duration
+            else:
+                ev.duration = duration
         if outcome is not None:
-            ev.outcome = outcome
+            if kind in SLOTTED:
+                ev.reason = outcome
+            else:
+                ev.outcome = outcome
         ev.__class__ = Event
         yield ev

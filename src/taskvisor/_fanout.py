@@ -49,6 +49,7 @@ from ._context import TaskId
 from ._events import (
     DIAGNOSTIC_KINDS,
     RECORD,
+    SLOTTED,
     Event,
     EventDraft,
     EventKind,
@@ -363,9 +364,15 @@ class Bus:
                 if attempt is not None:
                     event.attempt = attempt
                 if duration is not None:
-                    event.duration = duration
+                    if kind in SLOTTED:  # its slot (see ``_events.RECORD``)
+                        event.slot = duration
+                    else:
+                        event.duration = duration
                 if outcome is not None:
-                    event.outcome = outcome
+                    if kind in SLOTTED:  # its reason
+                        event.reason = outcome
+                    else:
+                        event.outcome = outcome
                 event.__class__ = Event
             if not rare:  # the common case, kept lean: no skips, no deadline, no promotion
                 for call in calls if by_kind is None else by_kind[kind]:
@@ -484,6 +491,31 @@ class Bus:
             self._offer(
                 new_event(kind, task, task_id, attempt=attempt, duration=duration, outcome=outcome)
             )
+
+    def emit_slotted(
+        self,
+        kind: EventKind,
+        task: str | None,
+        task_id: TaskId | None,
+        slot: str,
+        reason: str | None = None,
+    ) -> None:
+        """Publish a controller event of a kind in ``SLOTTED``, packed as ``emit`` packs others.
+
+        Its fields: ``task``, ``task_id``, ``slot`` and ``reason`` only.
+        """
+        if self._careful:
+            if self._counting:
+                self._counts[kind] += 1
+            if kind not in self._wanted:
+                return
+        log = self._log
+        if len(log) < self._pack_room:
+            log += (kind, next_seq(), wall_clock(), task, task_id, None, slot, reason)
+            if not self._dispatch_scheduled:
+                self._schedule_dispatch()
+        else:
+            self._offer(new_event(kind, task, task_id, slot=slot, reason=reason))
 
     def emit_each(
         self, kind: EventKind, tasks: list[str], task_ids: list[TaskId] | None = None
