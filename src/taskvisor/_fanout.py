@@ -483,7 +483,12 @@ class Bus:
                 return
         log = self._log
         if len(log) < self._pack_room:
-            at = wall_clock() if now is None else self._wall_time(now)
+            if now is None:
+                at = wall_clock()
+            elif now - self._epoch_taken < _EPOCH_TTL:  # ``_wall_time``, inline: the hot path
+                at = now + self._epoch
+            else:
+                at = self._wall_time(now)
             log += (kind, next_seq(), at, task, task_id, attempt, duration, outcome)
             if not self._dispatch_scheduled:
                 self._schedule_dispatch()
@@ -569,7 +574,12 @@ class Bus:
         if self._careful or len(log) + 3 * RECORD > self._pack_room:
             self._emit_closing_carefully(task, task_id, outcome, attempt, duration)
             return
-        at = wall_clock() if now is None else self._wall_time(now)
+        if now is None:
+            at = wall_clock()
+        elif now - self._epoch_taken < _EPOCH_TTL:  # ``_wall_time``, inline: the hot path
+            at = now + self._epoch
+        else:
+            at = self._wall_time(now)
         # One extend for all the runs: appending to the log is a good part of the cost.
         # fmt: off
         if attempt is not None:
