@@ -73,7 +73,7 @@ def begin(rec: TaskRecord, bus: Bus) -> Awaitable[Any]:
     rec.state = _RUNNING
     started = rec.attempt_started = time.perf_counter()  # cleared by the terminal event
     if bus.listening:
-        bus.emit(_STARTING, rec.name, rec.id, attempt, now=started)
+        bus.emit(_STARTING, rec.name, rec.id, attempt, None, None, started)  # now=started
     spec = rec.spec
     fn: Callable[..., Awaitable[Any]] = spec.fn
     if spec._takes_context:
