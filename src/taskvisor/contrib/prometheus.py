@@ -39,7 +39,7 @@ import re
 import threading
 import weakref
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableSequence, Sequence
 from typing import Any, TypeVar
 
 try:
@@ -104,6 +104,7 @@ _REJECTED = EventKind.CONTROLLER_REJECTED
 _OVERFLOW = EventKind.SUBSCRIBER_OVERFLOW
 _PANICKED = EventKind.SUBSCRIBER_PANICKED
 _KINDS = frozenset({*_RESULTS, _BACKOFF, _FINISHED, _ADD_FAILED, _REJECTED, _OVERFLOW, _PANICKED})
+_NO_EVENTS: list[Event] = []  # ``_count_ends`` from ``on_event``: no event is stored whole
 _ROUND_SLICE = RECORD * 512  # packed values counted per lock hold (512 events)
 _NAMESPACE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 
@@ -238,10 +239,18 @@ class PrometheusSubscriber(Subscriber):
     def on_event(self, event: Event) -> None:
         """Count one event."""
         kind = event.kind
-        if kind in self._attempts or kind is _FINISHED:  # the common cases
-            run = (kind, None, None, event.task or "", None, None, event.duration, event.outcome)
-            with self._lock:
-                self._count_ends([run], [])
+        if kind in self._attempts or kind is _FINISHED:  # the common cases, as one packed run
+            # Only the field the kind carries is read: an absent one costs a failed lookup.
+            if kind is _FINISHED:
+                run = (kind, None, None, event.task or "", None, None, None, event.outcome)
+            else:
+                run = (kind, None, None, event.task or "", None, None, event.duration, None)
+            lock = self._lock
+            lock.acquire()
+            try:
+                self._count_ends((run,), _NO_EVENTS)
+            finally:
+                lock.release()
             return
         task = (event.task or "") if self.task_label else ""
         lock = self._lock
@@ -271,7 +280,7 @@ class PrometheusSubscriber(Subscriber):
         for event in whole:
             self.on_event(event)
 
-    def _count_ends(self, ends: Iterable[Run], whole: list[Event]) -> None:
+    def _count_ends(self, ends: Iterable[Run], whole: MutableSequence[Event]) -> None:
         """Count the attempt ends and task ends among packed runs; the lock is held.
 
         The events stored whole are left for ``on_event``, in ``whole``.
