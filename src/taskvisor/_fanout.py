@@ -354,25 +354,23 @@ class Bus:
                 event = seq  # stored whole
                 kind = event.kind
             else:
-                event = EventDraft()
+                event = EventDraft()  # every field stored: an unset slot reads slowly
                 event.seq = seq
                 event.at = at
                 event.kind = kind
                 event.task = task
-                if task_id is not None:
-                    event.task_id = task_id
-                if attempt is not None:
-                    event.attempt = attempt
-                if duration is not None:
-                    if kind in SLOTTED:  # its slot (see ``_events.RECORD``)
-                        event.slot = duration
-                    else:
-                        event.duration = duration
-                if outcome is not None:
-                    if kind in SLOTTED:  # its reason
-                        event.reason = outcome
-                    else:
-                        event.outcome = outcome
+                event.task_id = task_id
+                event.attempt = attempt
+                event.exit_code = event.delay = event.timeout = None
+                event.backoff_source = event.rejection = None
+                if kind in SLOTTED:  # slot and reason in the run's last places (``RECORD``)
+                    event.slot = duration
+                    event.reason = outcome
+                    event.duration = event.outcome = None
+                else:
+                    event.duration = duration
+                    event.outcome = outcome
+                    event.slot = event.reason = None
                 event.__class__ = Event
             if not rare:  # the common case, kept lean: no skips, no deadline, no promotion
                 for call in calls if by_kind is None else by_kind[kind]:

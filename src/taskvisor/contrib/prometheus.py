@@ -240,11 +240,8 @@ class PrometheusSubscriber(Subscriber):
         """Count one event."""
         kind = event.kind
         if kind in self._attempts or kind is _FINISHED:  # the common cases, as one packed run
-            # Only the field the kind carries is read: an absent one costs a failed lookup.
-            if kind is _FINISHED:
-                run = (kind, None, None, event.task or "", None, None, None, event.outcome)
-            else:
-                run = (kind, None, None, event.task or "", None, None, event.duration, None)
+            task, duration, outcome = event.task or "", event.duration, event.outcome
+            run: Run = (kind, None, None, task, None, None, duration, outcome)
             lock = self._lock
             lock.acquire()
             try:
