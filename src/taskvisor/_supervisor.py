@@ -235,6 +235,7 @@ class Supervisor:
         future: asyncio.Future[TaskOutcome] | None,
         on_cleanup: Callable[[TaskRecord], None] | None,
     ) -> TaskRecord:
+        """Register one task whose name is known to be free, without starting it (internal)."""
         rec = TaskRecord(task_id, spec, future, on_cleanup)
         self._registry.insert(rec)
         return rec
