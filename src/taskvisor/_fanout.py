@@ -354,7 +354,7 @@ class Bus:
                 event = seq  # stored whole
                 kind = event.kind
             else:
-                event = EventDraft()  # every field stored: an unset slot reads slowly
+                event = EventDraft()  # every field is stored: an Event has none unset
                 event.seq = seq
                 event.at = at
                 event.kind = kind
