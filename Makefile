@@ -10,7 +10,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# setup.py and the C source: the optional accelerator is compiled by the install.
+$(STAMP): pyproject.toml setup.py src/taskvisor/_cevents.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -19,18 +20,22 @@ demo: | $(BIN)/python
 	$(BIN)/taskvisor run examples/demo.toml
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples setup.py
+	$(BIN)/ruff format --check src tests benchmarks examples setup.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The whole suite; then the event tests again on the pure-Python path, which is what runs
+# where the C accelerator could not be built (docs/performance.md).
 test: lint typecheck
 	$(BIN)/python -m pytest
+	TASKVISOR_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_events.py tests/test_packed_events.py tests/test_subscribers.py
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-$(BENCH_STAMP): pyproject.toml $(STAMP)
+$(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
@@ -46,4 +51,5 @@ soak: $(STAMP)
 	$(BIN)/python -m benchmarks.soak --seconds $(SOAK_SECONDS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build src/*.egg-info
+	rm -f src/taskvisor/*.so

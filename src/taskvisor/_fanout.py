@@ -35,7 +35,6 @@ import contextlib
 import inspect
 import itertools
 import math
-import operator
 import queue as _queue
 import threading
 import weakref
@@ -49,9 +48,7 @@ from ._context import TaskId
 from ._events import (
     DIAGNOSTIC_KINDS,
     RECORD,
-    SLOTTED,
     Event,
-    EventDraft,
     EventKind,
     new_event,
     next_seq,
@@ -344,36 +341,12 @@ class Bus:
             return
         index = -1  # of the event at hand; counted only while ``rare``
         event: Any
-        values = iter(log)
-        # The packed runs (``_events.runs``) are unpacked inline (see ``_events.unpack``):
-        # this loop is the hot path of every event bound for sync subscribers.
-        for kind, seq, at, task, task_id, attempt, duration, outcome in zip(
-            values, values, values, values, values, values, values, values, strict=True
-        ):
-            if kind is None:
-                event = seq  # stored whole
-                kind = event.kind
-            else:
-                event = EventDraft()  # every field is stored: an Event has none unset
-                event.seq = seq
-                event.at = at
-                event.kind = kind
-                event.task = task
-                event.task_id = task_id
-                event.attempt = attempt
-                event.exit_code = event.delay = event.timeout = None
-                event.backoff_source = event.rejection = None
-                if kind in SLOTTED:  # slot and reason in the run's last places (``RECORD``)
-                    event.slot = duration
-                    event.reason = outcome
-                    event.duration = event.outcome = None
-                else:
-                    event.duration = duration
-                    event.outcome = outcome
-                    event.slot = event.reason = None
-                event.__class__ = Event
+        kind: EventKind
+        # ``unpack`` builds each packed event as it is reached (in C where the extension is
+        # built): this loop is the hot path of every event bound for sync subscribers.
+        for event in unpack(log):
             if not rare:  # the common case, kept lean: no skips, no deadline, no promotion
-                for call in calls if by_kind is None else by_kind[kind]:
+                for call in calls if by_kind is None else by_kind[event.kind]:
                     try:
                         result = call(event)
                     except (KeyboardInterrupt, SystemExit):
@@ -388,11 +361,12 @@ class Bus:
                         calls = [m[0] for m in members]
                         by_kind = _calls_by_kind(members) if by_kind is not None else None
                         promoted.append(ch)
+                        # No skips in a lean round: the index is not needed from here on.
                         rare = True
-                        index = (len(log) - operator.length_hint(values)) // RECORD - 1
                         self._promote(ref, ch, result)
                 continue
             index += 1
+            kind = event.kind
             if clock is not None and clock() >= until:
                 return
             for ch in promoted:  # moved to a worker of its own during this round
