@@ -438,8 +438,16 @@ def metadata(*, quick: bool, rounds: int, loops: Sequence[str] = ("asyncio",)) -
         "rounds": rounds,
         "loops": list(loops),
         "versions": versions,
+        "accelerated": events_accelerated(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def events_accelerated() -> bool:
+    """Whether taskvisor builds its events in C here (``_events.ACCELERATED``)."""
+    from taskvisor import _events
+
+    return _events.ACCELERATED
 
 
 def write_json(path: Path, results: Sequence[Result], meta: dict[str, Any]) -> None:
@@ -663,6 +671,9 @@ def markdown(path: Path) -> str:
         f"{meta.get('cpus', '?')} CPUs, {meta.get('rounds', '?')} rounds"
         + (" (quick)" if meta.get("quick") else "")
         + (f"; {versions}" if versions else "")
+        + {True: "; events built in C", False: "; events built in Python"}.get(
+            meta.get("accelerated"), ""
+        )
         + f"; {meta.get('time', '?')}.",
     ]
     for module, cases in modules.items():
