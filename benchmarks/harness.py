@@ -656,6 +656,12 @@ def compare(old_path: Path, new_path: Path) -> str:
     return "\n".join(lines)
 
 
+def _built_in(accelerated: object) -> str:
+    if accelerated is None:  # a file written before the accelerator
+        return ""
+    return "; events built in C" if accelerated else "; events built in Python"
+
+
 def markdown(path: Path) -> str:
     """The results of a ``--json`` file as Markdown tables, one per module, loops side by side."""
     meta, rows = _load(path)
@@ -671,9 +677,7 @@ def markdown(path: Path) -> str:
         f"{meta.get('cpus', '?')} CPUs, {meta.get('rounds', '?')} rounds"
         + (" (quick)" if meta.get("quick") else "")
         + (f"; {versions}" if versions else "")
-        + {True: "; events built in C", False: "; events built in Python"}.get(
-            meta.get("accelerated"), ""
-        )
+        + _built_in(meta.get("accelerated"))
         + f"; {meta.get('time', '?')}.",
     ]
     for module, cases in modules.items():
