@@ -12,6 +12,10 @@ every subscriber).
 - ``trickle …``: the same, but the publisher yields to the loop after every event, so every
   event wakes every consumer (the supervisor's usual pattern: events come one at a time).
 
+- ``unpack python`` / ``unpack``: building the events of a packed log of ``n`` lifecycle
+  events, handing each out and freeing it, in Python (``_events.unpack_python``) and through
+  ``_events.unpack`` (the C accelerator when it is built: the same as the first otherwise).
+
 Goals: with no subscriber, publishing costs < 1 µs per event; with ``N`` subscribers the
 fan-out stays within 1.3× of the bare queues.
 """
@@ -20,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
-from benchmarks.harness import Case, Goal
+from benchmarks.harness import Case, Goal, start_clock
 from taskvisor import Event, EventKind, TaskId
-from taskvisor._events import new_event
+from taskvisor._events import RECORD, new_event, unpack, unpack_python
 from taskvisor._fanout import Bus
 from taskvisor._subscriber import as_subscriber
 
@@ -101,6 +106,22 @@ def queues(k: int, *, trickle: bool = False) -> Callable[[int], Awaitable[float]
     return run
 
 
+def unpacking(build: Callable[[list[Any]], Iterator[Event]]) -> Callable[[int], Awaitable[float]]:
+    async def run(n: int) -> float:
+        ids = [TaskId(i + 1) for i in range(n)]
+        log: list[Any] = []
+        for i in range(n):
+            log += (EventKind.ATTEMPT_STARTING, i, 1.0, f"t{i}", ids[i], 1, None, None)
+        t0 = start_clock()
+        for _ in build(log):
+            pass
+        elapsed = time.perf_counter() - t0
+        assert len(log) == RECORD * n
+        return elapsed
+
+    return run
+
+
 CASES: list[Case] = [
     Case("queues k0", queues(0), OPS, unit="event"),
     Case(
@@ -136,3 +157,7 @@ for _k in (1, 4):
             goal=Goal(max_ratio=1.3),
         ),
     ]
+CASES += [
+    Case("unpack python", unpacking(unpack_python), OPS, unit="event"),
+    Case("unpack", unpacking(unpack), OPS, unit="event", baseline="unpack python"),
+]

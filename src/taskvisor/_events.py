@@ -264,7 +264,7 @@ _unpack_c = _c_unpacker()
 unpack: Callable[[list[Any]], Iterator[Event]] = _unpack_c or unpack_python
 """The events of a packed log, in order, each built as it is reached.
 
-In C (``_cevents.c``, about 30 ns an event instead of about 200) where the extension was
+In C (``_cevents.c``, about 50 ns an event instead of about 250) where the extension was
 built and ``TASKVISOR_NO_EXTENSIONS`` is not set; else ``unpack_python``. Same events either
 way. The iterator's ``__length_hint__`` counts the events not reached yet (in C only).
 """
