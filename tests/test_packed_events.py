@@ -81,6 +81,22 @@ def test_no_extensions_turns_the_accelerator_off() -> None:
     assert out.stdout.split() == ["False", "True"]
 
 
+@needs_c
+def test_a_mismatched_accelerator_falls_back_to_python_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An extension built from another version (say, one field less): import still works.
+    monkeypatch.setattr(_events, "_FIELDS", _FIELDS[:-1])
+    with pytest.warns(RuntimeWarning, match="does not match this taskvisor"):
+        assert _events._c_unpacker() is None
+    monkeypatch.undo()
+    monkeypatch.setattr(_events, "RECORD", RECORD + 1)  # runs of another length
+    with pytest.warns(RuntimeWarning, match="its runs have 8 values, here 9"):
+        assert _events._c_unpacker() is None
+    monkeypatch.undo()
+    assert _events._c_unpacker() is not None
+
+
 # ------------------------------------------------------------------------ same events
 
 _KINDS = list(EventKind)

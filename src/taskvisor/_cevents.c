@@ -323,6 +323,10 @@ PyInit__cevents(void)
     if (m == NULL) {
         return NULL;
     }
+    if (PyModule_AddIntConstant(m, "RECORD", RECORD) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&Unpacker_Type);
     if (PyModule_AddObject(m, "Unpacker", (PyObject *)&Unpacker_Type) < 0) {
         Py_DECREF(&Unpacker_Type);

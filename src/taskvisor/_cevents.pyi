@@ -3,6 +3,9 @@
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+RECORD: int
+"""Values per packed run, as this module was built (``_events.RECORD`` must agree)."""
+
 class Unpacker:
     """Builds the events of packed logs, as ``_events.unpack_python`` does."""
 

@@ -6,6 +6,7 @@ import enum
 import itertools
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
@@ -253,10 +254,22 @@ def _c_unpacker() -> Callable[[list[Any]], Iterator[Event]] | None:
     if os.environ.get("TASKVISOR_NO_EXTENSIONS"):
         return None
     try:
-        from ._cevents import Unpacker
+        from . import _cevents
     except ImportError:
         return None
-    return Unpacker(Event, tuple(_EventSlots.__dict__[name] for name in _FIELDS), SLOTTED)
+    try:
+        if _cevents.RECORD != RECORD:
+            raise ValueError(f"its runs have {_cevents.RECORD} values, here {RECORD}")
+        slots = tuple(_EventSlots.__dict__[name] for name in _FIELDS)
+        return _cevents.Unpacker(Event, slots, SLOTTED)
+    except (TypeError, ValueError) as exc:  # built from another version of this module
+        warnings.warn(
+            f"taskvisor._cevents does not match this taskvisor ({exc}); events are built in "
+            "Python. Reinstall taskvisor to rebuild it.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
 
 
 _unpack_c = _c_unpacker()
