@@ -231,8 +231,12 @@ def test_a_truncated_log_is_refused_by_both() -> None:
 
 
 @needs_c
+@pytest.mark.skipif(
+    sys.version_info >= (3, 12),
+    reason="from CPython 3.12 on, an allocation only schedules a collection, never runs one",
+)
 def test_a_log_changed_while_unpacked_is_refused() -> None:
-    # An allocation may run a garbage collection, hence a finalizer that changes the log.
+    # On 3.11 an allocation may run a garbage collection, hence a finalizer that changes the log.
     log = [EventKind.TASK_ADDED, 1, 1.0, "a", None, None, None, None] * 4
 
     class Meddler:
