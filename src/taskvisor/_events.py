@@ -272,9 +272,7 @@ def _c_unpacker() -> Callable[[list[Any]], Iterator[Event]] | None:
         return None
 
 
-_unpack_c = _c_unpacker()
-
-unpack: Callable[[list[Any]], Iterator[Event]] = _unpack_c or unpack_python
+unpack: Callable[[list[Any]], Iterator[Event]] = _c_unpacker() or unpack_python
 """The events of a packed log, in order, each built as it is reached.
 
 In C (``_cevents.c``, about 50 ns an event instead of about 250) where the extension was
@@ -282,5 +280,5 @@ built and ``TASKVISOR_NO_EXTENSIONS`` is not set; else ``unpack_python``. Same e
 way. The iterator's ``__length_hint__`` counts the events not reached yet (in C only).
 """
 
-ACCELERATED = _unpack_c is not None
+ACCELERATED = unpack is not unpack_python
 """Whether events are built by the C accelerator (``_cevents``)."""
