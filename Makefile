@@ -10,8 +10,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# setup.py and the C source: the optional accelerator is compiled by the install.
-$(STAMP): pyproject.toml setup.py src/taskvisor/_cevents.c | $(BIN)/python
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -20,18 +19,14 @@ demo: | $(BIN)/python
 	$(BIN)/taskvisor run examples/demo.toml
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples setup.py
-	$(BIN)/ruff format --check src tests benchmarks examples setup.py
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# The whole suite; then the event tests again on the pure-Python path, which is what runs
-# where the C accelerator could not be built (docs/performance.md).
 test: lint typecheck
 	$(BIN)/python -m pytest
-	TASKVISOR_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
-		tests/test_events.py tests/test_packed_events.py tests/test_subscribers.py
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
@@ -52,4 +47,3 @@ soak: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build src/*.egg-info
-	rm -f src/taskvisor/*.so

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import taskvisor as tv
-from taskvisor import _supervisor
+from taskvisor import _shutdown
 from taskvisor._actor import stopped_outcome
 from taskvisor._controller import Controller, _Slot
 
@@ -539,7 +539,7 @@ async def test_replace_after_the_owner_was_cancelled_by_the_user(
 async def test_replace_of_an_owner_that_swallows_cancellation(
     monkeypatch: pytest.MonkeyPatch, probe: Probe
 ) -> None:
-    monkeypatch.setattr(_supervisor, "FORCE_WAIT", 0.05)
+    monkeypatch.setattr(_shutdown, "FORCE_WAIT", 0.05)
     release = asyncio.Event()
     exited = asyncio.Event()
     started = asyncio.Event()

@@ -68,7 +68,7 @@ import taskvisor as tv
 from taskvisor import EventKind as K
 from taskvisor import OutcomeKind as O
 from taskvisor import RejectionKind as RJ
-from taskvisor import _supervisor as supervisor_module
+from taskvisor import _shutdown as supervisor_module
 
 T = TypeVar("T")
 

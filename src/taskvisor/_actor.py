@@ -14,15 +14,13 @@ from collections.abc import Callable
 from . import _attempt as attempt
 from . import _testhooks
 from ._attempt import AttemptEnd, describe
-from ._events import BackoffSource, EventKind, new_event
+from ._events import BackoffSource, EventKind
 from ._fanout import Bus
 from ._outcome import OutcomeKind, TaskOutcome
 from ._policies import RestartMode
 from ._registry import TaskRecord, TaskState
-from ._spec import UNSET, TaskDefaults
+from ._spec import TaskDefaults, policies
 
-# Enum members as module constants: ``TaskState.X`` costs ~75 ns on CPython 3.11 (the enum
-# metaclass's attribute hook), a module global ~5 ns; these are read on every task's path.
 _ALWAYS = RestartMode.ALWAYS
 _WAITING = TaskState.WAITING
 _BACKOFF = TaskState.BACKOFF
@@ -73,9 +71,8 @@ class SlotPool:
             self._sem.release()
 
 
-Finish = Callable[[TaskRecord, TaskOutcome, bool], None]
-"""The supervisor's cleanup: the record, its outcome, and whether its last attempt has just
-succeeded and is still open (the cleanup closes it and publishes its ``ATTEMPT_SUCCEEDED``)."""
+Finish = Callable[[TaskRecord, TaskOutcome], None]
+"""The supervisor's cleanup of a task, given its outcome."""
 
 
 async def drive(
@@ -87,18 +84,15 @@ async def drive(
     outcome to ``finish`` (the supervisor's cleanup).
     """
     rec.started = True
-    # The spec's left-out keywords inherit the supervisor's defaults (resolved here, into
-    # locals, rather than into an object per task).
-    spec = rec.spec
-    restart = defaults.restart if spec.restart is UNSET else spec.restart
+    spec = policies(rec.spec, defaults)
+    restart = spec.restart
     always = restart.mode is _ALWAYS
-    backoff = defaults.backoff if spec.backoff is UNSET else spec.backoff
-    max_retries = defaults.max_retries if spec.max_retries is UNSET else spec.max_retries
-    timeout = defaults.timeout if spec.timeout is UNSET else spec.timeout
+    backoff = spec.backoff
+    max_retries = spec.max_retries
+    timeout = spec.timeout
     streak = 0
     previous_delay: float | None = None
     outcome: TaskOutcome
-    just_succeeded = False
     try:
         while True:
             if rec.requested:
@@ -138,13 +132,10 @@ async def drive(
                     attempt.failed(rec, bus, exc, None, timeout)
                 raise
             else:
+                attempt.succeeded(rec, bus)
                 if not always and not rec.requested:
-                    # The task ends here: its ATTEMPT_SUCCEEDED goes out with TASK_FINISHED
-                    # and TASK_REMOVED, in one call of the fan-out (``Bus.emit_closing``).
-                    just_succeeded = True
                     outcome = _completed(rec.attempt)
                     break
-                attempt.succeeded(rec, bus)
                 if rec.requested:
                     outcome = stopped_outcome(rec)
                     break
@@ -196,15 +187,11 @@ async def drive(
         # Resolve the outcome first. KeyboardInterrupt/SystemExit (or a bug of ours) then
         # propagate, as Python does; any other BaseException the body raised is kept in the
         # outcome's ``error``: re-raising it would leave it in this runner task, unretrieved.
-        finish(
-            rec,
-            TaskOutcome(OutcomeKind.FAILED, describe(exc), None, exc, attempts=rec.attempt),
-            False,
-        )
+        finish(rec, TaskOutcome(OutcomeKind.FAILED, describe(exc), None, exc, attempts=rec.attempt))
         if isinstance(exc, KeyboardInterrupt | SystemExit | Exception):
             raise
         return
-    finish(rec, outcome, just_succeeded)
+    finish(rec, outcome)
 
 
 def _backoff(
@@ -213,13 +200,11 @@ def _backoff(
     rec.state = _BACKOFF
     if bus.listening:
         bus.publish(
-            new_event(
-                EventKind.BACKOFF_SCHEDULED,
-                rec.name,
-                rec.id,
-                attempt=rec.attempt,
-                delay=delay,
-                backoff_source=source,
-                reason=reason,
-            )
+            EventKind.BACKOFF_SCHEDULED,
+            rec.name,
+            rec.id,
+            rec.attempt,
+            delay=delay,
+            backoff_source=source,
+            reason=reason,
         )

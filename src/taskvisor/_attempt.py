@@ -1,9 +1,9 @@
 """One attempt of one task: call the body afresh, classify how it ended, report it.
 
 This module owns the attempt's events: ``ATTEMPT_STARTING`` and exactly one terminal event
-(``ATTEMPT_SUCCEEDED`` / ``_FAILED`` / ``_TIMED_OUT`` / ``_CANCELED``). Its functions are
-synchronous on purpose: the actor (``_actor.drive``) is the one coroutine per task that
-awaits the body under its timeout, so an attempt costs no extra coroutine frame.
+(``ATTEMPT_SUCCEEDED`` / ``_FAILED`` / ``_TIMED_OUT`` / ``_CANCELED``), each published here.
+Its functions are synchronous: the actor (``_actor.drive``) is the one coroutine per task
+that awaits the body under its timeout, so an attempt costs no coroutine frame of its own.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ from typing import Any
 
 from ._context import TaskContext
 from ._errors import Fatal, TaskError
-from ._events import EventKind, new_event
+from ._events import EventKind
 from ._fanout import Bus
 from ._registry import TaskRecord, TaskState
 
-# Enum members as module constants: ``EventKind.X`` costs ~75 ns on CPython 3.11 (the enum
-# metaclass's attribute hook), a module global ~5 ns; these are read on every task's path.
 _STARTING = EventKind.ATTEMPT_STARTING
 _SUCCEEDED = EventKind.ATTEMPT_SUCCEEDED
 _CANCELED = EventKind.ATTEMPT_CANCELED
@@ -71,28 +69,23 @@ def begin(rec: TaskRecord, bus: Bus) -> Awaitable[Any]:
     rec.attempt += 1
     attempt = rec.attempt
     rec.state = _RUNNING
-    started = rec.attempt_started = time.perf_counter()  # cleared by the terminal event
+    rec.attempt_started = time.perf_counter()  # cleared when the attempt ends
     if bus.listening:
-        bus.emit(_STARTING, rec.name, rec.id, attempt, None, None, started)  # now=started
+        bus.publish(_STARTING, rec.name, rec.id, attempt)
     spec = rec.spec
     fn: Callable[..., Awaitable[Any]] = spec.fn
-    if spec._takes_context:
+    if spec.takes_context:
         return fn(TaskContext(rec.id, rec.name, attempt, rec))
     return fn()
 
 
-def end(rec: TaskRecord, now: float | None = None) -> float:
-    """Close the attempt without publishing its terminal event; return its duration.
-
-    The duration runs until ``now``, a ``time.perf_counter()`` reading (by default read
-    here). The caller publishes the event (the supervisor's cleanup: a one-shot task's success goes
-    out with its closing events).
-    """
+def _end(rec: TaskRecord) -> float | None:
+    """Close the attempt in flight; its duration, or ``None`` if it was closed already."""
     started = rec.attempt_started
     rec.attempt_started = None
     if started is None:
-        return 0.0
-    return (time.perf_counter() if now is None else now) - started
+        return None
+    return time.perf_counter() - started
 
 
 def succeeded(rec: TaskRecord, bus: Bus) -> None:
@@ -101,15 +94,18 @@ def succeeded(rec: TaskRecord, bus: Bus) -> None:
 
 
 def canceled(rec: TaskRecord, bus: Bus) -> None:
-    """The attempt ended by cancellation: publish ``ATTEMPT_CANCELED`` (once per attempt)."""
-    if rec.attempt_started is not None:  # else already closed (abandoned by the supervisor)
-        _close(rec, bus, _CANCELED)
+    """The attempt ended by cancellation: publish ``ATTEMPT_CANCELED`` (once per attempt).
+
+    Also how the supervisor closes an attempt it abandons (a body that swallows
+    cancellation): whichever comes first publishes the one terminal event.
+    """
+    _close(rec, bus, _CANCELED)
 
 
 def _close(rec: TaskRecord, bus: Bus, kind: EventKind) -> None:
-    duration = end(rec)
-    if bus.listening and not rec.finalized:
-        bus.emit(kind, rec.name, rec.id, rec.attempt, duration)
+    duration = _end(rec)
+    if duration is not None and bus.listening:
+        bus.publish(kind, rec.name, rec.id, rec.attempt, duration)
 
 
 def failed(
@@ -124,33 +120,27 @@ def failed(
     ``ATTEMPT_TIMED_OUT`` only if the attempt timeout fired: a body's own ``TimeoutError``
     is an ordinary failure.
     """
-    duration = end(rec)
+    duration = _end(rec)
+    publish = duration is not None and bus.listening
     if deadline is not None and isinstance(exc, TimeoutError) and deadline.expired():
-        if bus.listening and not rec.finalized:
+        if publish:
             bus.publish(
-                new_event(
-                    EventKind.ATTEMPT_TIMED_OUT,
-                    rec.name,
-                    rec.id,
-                    attempt=rec.attempt,
-                    duration=duration,
-                    timeout=timeout,
-                )
-            )
+                EventKind.ATTEMPT_TIMED_OUT, rec.name, rec.id, rec.attempt, duration,
+                timeout=timeout,
+            )  # fmt: skip
         return AttemptResult(AttemptEnd.TIMED_OUT, f"attempt timed out after {timeout}s", None, exc)
     reason = describe(exc)
     exit_code = exc.exit_code if isinstance(exc, TaskError) else None
-    if bus.listening and not rec.finalized:
+    if publish:
         bus.publish(
-            new_event(
-                EventKind.ATTEMPT_FAILED,
-                rec.name,
-                rec.id,
-                attempt=rec.attempt,
-                duration=duration,
-                reason=reason,
-                exit_code=exit_code,
-            )
+            EventKind.ATTEMPT_FAILED,
+            rec.name,
+            rec.id,
+            rec.attempt,
+            duration,
+            reason=reason,
+            exit_code=exit_code,
+            error=exc,
         )
     how = AttemptEnd.FATAL if isinstance(exc, Fatal) else AttemptEnd.FAILED
     return AttemptResult(how, reason, exit_code, exc)

@@ -55,18 +55,49 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ._context import TaskId, new_task_id
-from ._events import EventKind, new_event
+from ._events import EventKind
+from ._fanout import Bus
 from ._outcome import OutcomeKind, RejectionKind, TaskHandle, TaskOutcome
+from ._registry import TaskRecord
 from ._spec import TaskSpec
 from ._validate import check_int, check_name
 
-if TYPE_CHECKING:
-    from ._registry import TaskRecord
-    from ._supervisor import Supervisor
+
+class Admission(Protocol):
+    """What the controller may ask of its supervisor: the whole of their interface."""
+
+    @property
+    def bus(self) -> Bus:
+        """Where the controller publishes its events."""
+
+    def name_taken(self, name: str) -> bool:
+        """Whether a task of this name is registered."""
+
+    def register(
+        self,
+        spec: TaskSpec,
+        task_id: TaskId,
+        future: asyncio.Future[TaskOutcome],
+        on_cleanup: Callable[[TaskRecord], None],
+    ) -> TaskRecord:
+        """Register and start a task whose name is free; ``on_cleanup`` runs after its cleanup."""
+
+    def reject(self, name: str, task_id: TaskId, rejection: RejectionKind) -> None:
+        """Publish a ``TASK_ADD_FAILED`` for a task refused at registration."""
+
+    def request_stop(self, rec: TaskRecord) -> None:
+        """Ask a registered task to stop (as ``remove`` does)."""
+
+    def handle(self, task_id: TaskId, name: str, future: asyncio.Future[TaskOutcome]) -> TaskHandle:
+        """A handle on a submission's outcome."""
+
+    def idle(self) -> None:
+        """The controller has become idle (``run`` may be waiting for that)."""
 
 
 class AdmissionPolicy(enum.StrEnum):
@@ -238,10 +269,10 @@ class Controller:
 
     __slots__ = ("_by_name", "_closed", "_config", "_max_queue", "_queued", "_slots", "_sup")
 
-    def __init__(self, config: ControllerConfig, supervisor: Supervisor) -> None:
+    def __init__(self, config: ControllerConfig, admission: Admission) -> None:
         self._config = config
         self._max_queue = config.max_slot_queue
-        self._sup = supervisor
+        self._sup = admission
         self._slots: dict[str, _Slot] = {}  # busy slots only: an idle slot is deleted
         self._queued: dict[TaskId, _Submission] = {}  # queued submissions by id
         self._by_name: dict[str, dict[TaskId, _Submission]] = {}  # ... by name, oldest first
@@ -265,16 +296,15 @@ class Controller:
         if self._slots.get(slot.key) is not slot:
             raise RuntimeError(f"slot {slot.key!r} is not the controller's current slot")
         slot.state = new
-        sup = self._sup
-        bus = sup._bus
+        bus = self._sup.bus
         if bus.listening:
-            bus.emit_slotted(_TRANSITION, None, None, slot.key, reason)
+            bus.publish(_TRANSITION, slot=slot.key, reason=reason)
         if new is _IDLE:
             if slot.queue:
                 raise RuntimeError(f"slot {slot.key!r} cannot go idle with queued work")
             del self._slots[slot.key]
-            if not self._slots and sup._changed is not None:
-                sup._changed.set()  # `run()` waits for the controller to be idle
+            if not self._slots:
+                self._sup.idle()
 
     def _admit(self, slot: _Slot, sub: _Submission) -> bool:
         """Register ``sub`` as the owner of ``slot`` (``ADMITTING``); False if it did not stay.
@@ -287,15 +317,15 @@ class Controller:
             self._reject(sub, RejectionKind.SHUTTING_DOWN)
             return False
         name = sub.spec.name
-        bus = sup._bus
+        bus = sup.bus
         if bus.listening:
-            bus.emit(EventKind.TASK_ADD_REQUESTED, name)
-        if sup._registry.has_name(name):
-            sup._reject(name, sub.id, RejectionKind.ALREADY_EXISTS)
+            bus.publish(EventKind.TASK_ADD_REQUESTED, name)
+        if sup.name_taken(name):
+            sup.reject(name, sub.id, RejectionKind.ALREADY_EXISTS)
             self._reject(sub, RejectionKind.ALREADY_EXISTS)
             return False
         slot.stop_on_admit = False
-        rec = sup._register(sub.spec, sub.id, sub.future, slot)
+        rec = sup.register(sub.spec, sub.id, sub.future, slot)
         slot.owner = rec
         self._transition(slot, _RUNNING)
         if rec.finalized:
@@ -307,7 +337,7 @@ class Controller:
         if slot.stop_on_admit:  # a Replace arrived while `_register` ran
             slot.stop_on_admit = False
             self._transition(slot, _TERMINATING)
-            sup._request_stop(rec)
+            sup.request_stop(rec)
         return True
 
     def _admit_queued(self, slot: _Slot) -> None:
@@ -361,17 +391,15 @@ class Controller:
             del self._by_name[sub.spec.name]
 
     def _reject(self, sub: _Submission, kind: RejectionKind) -> None:
-        bus = self._sup._bus
+        bus = self._sup.bus
         if bus.listening:
             bus.publish(
-                new_event(
-                    EventKind.CONTROLLER_REJECTED,
-                    sub.spec.name,
-                    sub.id,
-                    slot=sub.slot,
-                    rejection=kind,
-                    outcome=OutcomeKind.REJECTED,
-                )
+                EventKind.CONTROLLER_REJECTED,
+                sub.spec.name,
+                sub.id,
+                outcome=OutcomeKind.REJECTED,
+                slot=sub.slot,
+                rejection=kind,
             )
         sub.future.set_result(
             TaskOutcome(OutcomeKind.REJECTED, _reason(kind, sub, self._max_queue), rejection=kind)
@@ -384,15 +412,13 @@ class Controller:
         if not isinstance(cspec, ControllerSpec):
             raise TypeError(f"spec must be a ControllerSpec, got {type(cspec).__name__}")
         sup = self._sup
-        loop = sup._loop
-        assert loop is not None
         spec = cspec.spec
         key = cspec.slot
-        sub = _Submission(new_task_id(), spec, key, loop.create_future())
-        handle = sup._handle(sub.id, spec.name, sub.future)
-        bus = sup._bus
+        sub = _Submission(new_task_id(), spec, key, asyncio.get_running_loop().create_future())
+        handle = sup.handle(sub.id, spec.name, sub.future)
+        bus = sup.bus
         if bus.listening:
-            bus.emit_slotted(_SUBMITTED, spec.name, sub.id, key)
+            bus.publish(_SUBMITTED, spec.name, sub.id, slot=key)
         if self._closed:
             self._reject(sub, RejectionKind.SHUTTING_DOWN)
             return handle
@@ -419,7 +445,7 @@ class Controller:
                 owner = slot.owner
                 assert owner is not None
                 self._transition(slot, _TERMINATING)
-                sup._request_stop(owner)
+                sup.request_stop(owner)
             elif slot.state is _ADMITTING:
                 slot.stop_on_admit = True
         else:

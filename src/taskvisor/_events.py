@@ -1,13 +1,14 @@
-"""The typed events the supervisor narrates: ``Event``, ``EventKind``, ``BackoffSource``."""
+"""The typed events the supervisor narrates: ``Event``, ``EventKind``, ``BackoffSource``.
+
+Events are best-effort narration for people and metrics; nothing reliable depends on them
+(outcomes travel on their own path, ``_outcome.py``). Publishing them is the fan-out's job
+(``_fanout/``); this module only says what an event is and how one is built.
+"""
 
 from __future__ import annotations
 
 import enum
 import itertools
-import os
-import time
-import warnings
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -51,52 +52,48 @@ class BackoffSource(enum.StrEnum):
     FAILURE = "failure"
 
 
-_SEQUENCE = itertools.count(1)
-next_seq = _SEQUENCE.__next__
+next_seq = itertools.count(1).__next__
 """The process-wide event sequence: each call returns the next ``seq``."""
 
 
-def next_seqs(n: int) -> list[int]:
-    """The next ``n`` values of the sequence, consecutive.
-
-    Taken in one C call: no other thread's event can fall between them.
-    """
-    return list(itertools.islice(_SEQUENCE, n))
-
-
-_FIELDS = (
-    "seq",
-    "at",
-    "kind",
-    "task",
-    "task_id",
-    "attempt",
-    "reason",
-    "exit_code",
-    "delay",
-    "timeout",
-    "duration",
-    "backoff_source",
-    "outcome",
-    "rejection",
-    "slot",
-)
-
-
 class _EventSlots:
-    """The storage of ``Event`` and ``EventDraft`` (internal): every field's slot.
+    """The storage of ``Event`` and ``EventDraft``: every field's slot, declared once for both.
 
-    Declared once, here, for both: two classes with the same solid base swap ``__class__``
-    with a pointer comparison, instead of the slot-by-slot layout check of two classes that
-    each declare the slots (about 30 ns saved per event).
+    Two classes with the same solid base can swap ``__class__`` (see ``build``). In field
+    order, which is the dataclass's.
     """
 
-    __slots__ = _FIELDS
+    __slots__ = (  # noqa: RUF023
+        "seq",
+        "at",
+        "kind",
+        "task",
+        "task_id",
+        "attempt",
+        "reason",
+        "exit_code",
+        "delay",
+        "timeout",
+        "duration",
+        "backoff_source",
+        "outcome",
+        "rejection",
+        "slot",
+        "error",
+        "fence",
+        "node",
+        "dropped",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Event(_EventSlots):
-    """One lifecycle step; fields not relevant to ``kind`` are ``None``."""
+    """One lifecycle step; fields not relevant to ``kind`` are ``None``.
+
+    ``error`` is the exception of an ``ATTEMPT_FAILED`` (with its traceback); ``fence`` and
+    ``node`` come from a cluster coordinator; ``dropped`` counts the events an overflow
+    episode lost (``SUBSCRIBER_OVERFLOW`` with reason ``recovered``).
+    """
 
     seq: int
     at: float
@@ -113,6 +110,10 @@ class Event(_EventSlots):
     outcome: OutcomeKind | None = None
     rejection: RejectionKind | None = None
     slot: str | None = None
+    error: BaseException | None = None
+    fence: int | None = None
+    node: str | None = None
+    dropped: int | None = None
 
     @property
     def is_diagnostic(self) -> bool:
@@ -120,30 +121,27 @@ class Event(_EventSlots):
         return self.kind in DIAGNOSTIC_KINDS
 
 
-assert tuple(f.name for f in fields(Event)) == _FIELDS
-# The slots live in the base (see there); the dataclass then declares none of its own.
-# Named here as well, for whoever introspects a "dataclass with slots".
-Event.__slots__ = _FIELDS
+FIELDS = _EventSlots.__slots__
+assert tuple(f.name for f in fields(Event)) == FIELDS
+# The slots live in the base; named here as well for whoever introspects a "dataclass with
+# slots".
+Event.__slots__ = FIELDS
 
 
 class EventDraft(_EventSlots):
-    """A mutable twin of ``Event`` (internal), filled by plain attribute stores.
-
-    Assigning ``__class__ = Event`` then turns it into the event (same storage, so the same
-    layout): about 4x cheaper than the frozen ``__init__`` or the slot descriptors' ``__set__``.
-    """
+    """A mutable twin of ``Event`` (internal): filled by plain stores, then turned into the
+    ``Event`` by ``draft.__class__ = Event`` (same storage), several times cheaper than the
+    frozen dataclass ``__init__``."""
 
     __slots__ = ()
 
 
-wall_clock = time.time
-
-
-def new_event(
+def build(
+    seq: int,
+    at: float,
     kind: EventKind,
     task: str | None = None,
     task_id: TaskId | None = None,
-    *,
     attempt: int | None = None,
     reason: str | None = None,
     exit_code: int | None = None,
@@ -154,18 +152,19 @@ def new_event(
     outcome: OutcomeKind | None = None,
     rejection: RejectionKind | None = None,
     slot: str | None = None,
-    at: float | None = None,
+    error: BaseException | None = None,
+    fence: int | None = None,
+    node: str | None = None,
+    dropped: int | None = None,
 ) -> Event:
-    """Build an event stamped with the next process-wide ``seq`` and the wall clock (or ``at``).
+    """An ``Event`` of these fields, built without the frozen dataclass ``__init__``.
 
-    The hot path of every publication, so it skips the frozen dataclass ``__init__`` (which
-    costs ~1.8 µs for 15 fields): every field is stored into an ``EventDraft`` which then
-    becomes the ``Event``. Equality, hashing, ``repr`` and pickling see the same values as for
-    an ``Event`` built by its constructor.
+    The result is an ordinary ``Event``: equality, hashing, ``repr`` and pickling see the
+    same values as for one built by its constructor (``docs/performance.md`` says why).
     """
     ev: Any = EventDraft()
-    ev.seq = next_seq()
-    ev.at = wall_clock() if at is None else at
+    ev.seq = seq
+    ev.at = at
     ev.kind = kind
     ev.task = task
     ev.task_id = task_id
@@ -179,106 +178,9 @@ def new_event(
     ev.outcome = outcome
     ev.rejection = rejection
     ev.slot = slot
+    ev.error = error
+    ev.fence = fence
+    ev.node = node
+    ev.dropped = dropped
     ev.__class__ = Event
     return ev  # type: ignore[no-any-return]
-
-
-# ---------------------------------------------------------------------------- packed events
-#
-# The fan-out keeps the events bound only for sync subscribers as flat runs of
-# ``RECORD`` plain values in one list, and builds each ``Event`` when it is delivered: an event
-# then lives only while it is handed out, instead of for a whole loop iteration (allocated and
-# freed at once, it costs the garbage collector nothing). The run of a plain lifecycle event is
-# ``kind, seq, at, task, task_id, attempt, duration, outcome``. The controller's submissions
-# and slot transitions use the last two places for ``slot`` and ``reason`` instead (the kinds
-# in ``SLOTTED``): no kind needs both pairs. Any other event is stored whole, as
-# ``None, event`` followed by ``RECORD - 2`` ``None``.
-
-RECORD = 8
-"""Values per packed event."""
-
-SLOTTED = frozenset({EventKind.CONTROLLER_SUBMITTED, EventKind.CONTROLLER_SLOT_TRANSITION})
-"""Kinds whose packed run holds ``slot`` and ``reason`` where the others hold ``duration``
-and ``outcome``."""
-
-
-def packed(event: Event) -> tuple[object, ...]:
-    """The run of an already built event."""
-    return (None, event, None, None, None, None, None, None)
-
-
-Run = tuple[Any, Any, Any, Any, Any, Any, Any, Any]
-
-
-def runs(log: list[Any]) -> Iterator[Run]:
-    """The runs of a packed log, in order, as tuples of ``RECORD`` values.
-
-    A C-level iterator (no Python frame per run): ``kind, seq, at, task, task_id, attempt,
-    duration, outcome``, or ``None, event, …`` for an event stored whole.
-    """
-    it = iter(log)
-    return zip(it, it, it, it, it, it, it, it, strict=True)
-
-
-def unpack_python(log: list[Any]) -> Iterator[Event]:
-    """The events of a packed log, in order, each built as it is reached (in Python).
-
-    The reference for the C accelerator, ``_cevents.Unpacker``: ``unpack`` is one of the two.
-    """
-    for kind, seq, at, task, task_id, attempt, duration, outcome in runs(log):
-        if kind is None:
-            yield seq
-            continue
-        ev: Any = EventDraft()
-        ev.seq = seq
-        ev.at = at
-        ev.kind = kind
-        ev.task = task
-        ev.task_id = task_id
-        ev.attempt = attempt
-        ev.exit_code = ev.delay = ev.timeout = ev.backoff_source = ev.rejection = None
-        if kind in SLOTTED:
-            ev.slot = duration
-            ev.reason = outcome
-            ev.duration = ev.outcome = None
-        else:
-            ev.duration = duration
-            ev.outcome = outcome
-            ev.slot = ev.reason = None
-        ev.__class__ = Event
-        yield ev
-
-
-def _c_unpacker() -> Callable[[list[Any]], Iterator[Event]] | None:
-    """The C accelerator's unpacker, or ``None`` where it is not built or is turned off."""
-    if os.environ.get("TASKVISOR_NO_EXTENSIONS"):
-        return None
-    try:
-        from . import _cevents
-    except ImportError:
-        return None
-    try:
-        if _cevents.RECORD != RECORD:
-            raise ValueError(f"its runs have {_cevents.RECORD} values, here {RECORD}")
-        slots = tuple(_EventSlots.__dict__[name] for name in _FIELDS)
-        return _cevents.Unpacker(Event, slots, SLOTTED)
-    except (TypeError, ValueError) as exc:  # built from another version of this module
-        warnings.warn(
-            f"taskvisor._cevents does not match this taskvisor ({exc}); events are built in "
-            "Python. Reinstall taskvisor to rebuild it.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return None
-
-
-unpack: Callable[[list[Any]], Iterator[Event]] = _c_unpacker() or unpack_python
-"""The events of a packed log, in order, each built as it is reached.
-
-In C (``_cevents.c``, about 50 ns an event instead of about 250) where the extension was
-built and ``TASKVISOR_NO_EXTENSIONS`` is not set; else ``unpack_python``. Same events either
-way. The iterator's ``__length_hint__`` counts the events not reached yet (in C only).
-"""
-
-ACCELERATED = unpack is not unpack_python
-"""Whether events are built by the C accelerator (``_cevents``)."""

@@ -8,6 +8,7 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from types import CodeType, FunctionType
 from typing import Any, Final, Self
 
 from ._context import TaskContext
@@ -42,7 +43,7 @@ def _takes_context(fn: Callable[..., Any]) -> bool:
     """Whether the body wants the ``TaskContext`` (it accepts a positional parameter)."""
     code = getattr(fn, "__code__", None)
     if code is not None and inspect.isfunction(fn):
-        # Fast path for plain functions: inspect.signature costs ~10 µs per call.
+        # Plain functions: read from the code object (inspect.signature is much slower).
         return code.co_argcount > 0 or bool(code.co_flags & inspect.CO_VARARGS)
     try:
         sig = inspect.signature(fn)
@@ -54,8 +55,29 @@ def _takes_context(fn: Callable[..., Any]) -> bool:
     return False
 
 
+_CHECKED: dict[CodeType, bool] = {}
+"""``check_fn``'s verdicts on plain functions it accepted, by code object: a body is checked
+once, not once per spec (closures made by one ``def`` share their code)."""
+
+_CHECKED_MAX = 4096
+
+
 def check_fn(fn: object) -> bool:
     """Refuse anything but an async callable; return whether it takes a context."""
+    code = fn.__code__ if type(fn) is FunctionType else None
+    if code is not None:
+        verdict = _CHECKED.get(code)
+        if verdict is not None:
+            return verdict
+    verdict = _check_fn(fn)
+    if code is not None:
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()
+        _CHECKED[code] = verdict
+    return verdict
+
+
+def _check_fn(fn: object) -> bool:
     if inspect.iscoroutine(fn) or inspect.isawaitable(fn):
         raise TypeError(
             "fn must be an async function, not a coroutine object: pass `work`, not `work()`"
@@ -215,11 +237,32 @@ class TaskSpec:
         """This spec with every left-out keyword replaced by its value in ``defaults``."""
         if not isinstance(defaults, TaskDefaults):
             raise TypeError(f"defaults must be a TaskDefaults, got {type(defaults).__name__}")
+        p = policies(self, defaults)
         return type(self)(
             self.name,
             self.fn,
-            restart=defaults.restart if self.restart is UNSET else self.restart,
-            backoff=defaults.backoff if self.backoff is UNSET else self.backoff,
-            timeout=defaults.timeout if self.timeout is UNSET else self.timeout,
-            max_retries=defaults.max_retries if self.max_retries is UNSET else self.max_retries,
+            restart=p.restart,
+            backoff=p.backoff,
+            timeout=p.timeout,
+            max_retries=p.max_retries,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Policies:
+    """A spec's policies with the supervisor's defaults merged in (internal)."""
+
+    restart: RestartPolicy
+    backoff: BackoffPolicy
+    timeout: float | None
+    max_retries: int | None
+
+
+def policies(spec: TaskSpec, defaults: TaskDefaults) -> Policies:
+    """The one merge of a spec's keywords with ``defaults``: a left-out keyword inherits."""
+    return Policies(
+        defaults.restart if spec.restart is UNSET else spec.restart,
+        defaults.backoff if spec.backoff is UNSET else spec.backoff,
+        defaults.timeout if spec.timeout is UNSET else spec.timeout,
+        defaults.max_retries if spec.max_retries is UNSET else spec.max_retries,
+    )

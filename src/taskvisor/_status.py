@@ -56,7 +56,7 @@ def event_json(event: Event) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in _EVENT_FIELDS:
         value = getattr(event, name)
-        if value is None:
+        if value is None or name == "error":  # the exception's text is the reason already
             continue
         if isinstance(value, enum.Enum):
             value = value.value

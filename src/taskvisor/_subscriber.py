@@ -43,17 +43,6 @@ class Subscriber:
 
 
 EventCallback = Callable[[Event], Any]
-PackedCallback = Callable[[list[Any]], object]
-"""``_on_packed(log)``: a whole delivery round, as the fan-out's packed log (``_events.runs``).
-
-Internal, for the subscribers shipped with taskvisor (e.g. Prometheus). When every sync
-subscriber of a round offers it and no event of the round was dropped for any of them, the
-fan-out hands each the round's log in one call, instead of building each ``Event`` and calling
-``on_event`` per event (the main costs of a cheap subscriber). The log is read-only and in
-publish order; it may hold kinds the subscriber did not ask for (it ignores them), and events
-stored whole (``kind`` None, the ``Event`` in ``seq``). Errors are the subscriber's to handle:
-one that escapes is reported once, and the rest of that round is lost for it.
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +55,6 @@ class SubscriberRef:
     is_async: bool
     blocking: bool
     kinds: frozenset[EventKind] | None = None
-    packed: PackedCallback | None = None
 
 
 def _is_async(fn: object) -> bool:
@@ -112,25 +100,7 @@ def as_subscriber(obj: object) -> SubscriberRef:
     if blocking and is_async:
         raise TypeError(f"subscriber {name!r}: blocking = True needs a sync on_event")
     kinds = _check_kinds(name, getattr(obj, "event_kinds", None))
-    packed = None if is_async or blocking else _round_taker(obj)
-    return SubscriberRef(name, max(1, capacity), call, is_async, blocking, kinds, packed)
-
-
-def _round_taker(obj: object) -> PackedCallback | None:
-    """``obj._on_packed``, if it may stand in for ``obj.on_event`` (see ``PackedCallback``).
-
-    Only when the class that defines it also defines the ``on_event`` in use, or inherits it
-    unchanged: a subclass that overrides ``on_event`` alone still gets every event there.
-    """
-    if "on_event" in getattr(obj, "__dict__", {}):
-        return None
-    mro = type(obj).__mro__
-    packed_owner = next((c for c in mro if "_on_packed" in vars(c)), None)
-    event_owner = next((c for c in mro if "on_event" in vars(c)), None)
-    if packed_owner is None or event_owner is None or not issubclass(packed_owner, event_owner):
-        return None
-    packed = getattr(obj, "_on_packed", None)
-    return packed if callable(packed) else None
+    return SubscriberRef(name, max(1, capacity), call, is_async, blocking, kinds)
 
 
 def _check_kinds(name: str, kinds: object) -> frozenset[EventKind] | None:

@@ -3,23 +3,20 @@
 Data flow: ``add``/``run``/controller → ``_register`` (registry + ``TASK_ADDED``) → one
 runner task per registered task (``_actor.drive``) → ``_cleanup`` (``TASK_FINISHED``, name
 released, ``TASK_REMOVED``, outcome resolved, controller told). Stop requests go through
-``_request_stop``; force and abandon timers make sure nothing waits forever.
+``_request_stop``; the timers that make sure nothing waits forever are ``_shutdown.py``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from . import _attempt as attempt
-from ._actor import SlotPool, drive, stopped_outcome
+from ._actor import SlotPool, drive
 from ._config import ShutdownReport, SupervisorConfig
 from ._context import TaskId, new_task_id
+from ._controller import Controller, ControllerConfig, ControllerSnapshot, ControllerSpec
 from ._errors import (
     AlreadyRunning,
     ControllerNotConfigured,
@@ -27,28 +24,24 @@ from ._errors import (
     TaskAlreadyExists,
     TaskTerminationTimeout,
 )
-from ._events import EventKind, new_event
+from ._events import EventKind
 from ._fanout import Bus, EventStream
 from ._outcome import OutcomeKind, RejectionKind, TaskHandle, TaskOutcome
 from ._registry import Registry, TaskInfo, TaskRecord, TaskState
+from ._shutdown import Stopper, install_signal_handlers
 from ._spec import TaskDefaults, TaskSpec
 from ._subscriber import DEFAULT_QUEUE_CAPACITY, as_subscriber
 from ._validate import check_duration, check_int
 
-# Enum members as module constants: ``EventKind.X`` costs ~75 ns on CPython 3.11 (the enum
-# metaclass's attribute hook), a module global ~5 ns; these are read on every task's path.
 _ADD_REQUESTED = EventKind.TASK_ADD_REQUESTED
 _ADDED = EventKind.TASK_ADDED
-_SUCCEEDED = EventKind.ATTEMPT_SUCCEEDED
+_FINISHED = EventKind.TASK_FINISHED
 _REMOVED = EventKind.TASK_REMOVED
 _REMOVE_REQUESTED = EventKind.TASK_REMOVE_REQUESTED
 
-if TYPE_CHECKING:
-    from ._controller import Controller, ControllerConfig, ControllerSnapshot, ControllerSpec
-
-FORCE_WAIT = 1.0
-"""After a force-stop, how long to wait for a body that swallows cancellation before the
-supervisor stops waiting for it, resolves it ``FORCE_ABORTED`` and moves on."""
+EVENTS_PER_TASK = 6
+"""What an instant one-shot task publishes (added, started, ended, removed): how a batch
+admission sizes its chunks (``Bus.paced``)."""
 
 TaskKey = TaskId | int | str
 _List = list  # `Supervisor.list` shadows the builtin inside the class body
@@ -84,25 +77,21 @@ class Supervisor:
             raise TypeError(
                 f"subscribers must be an iterable of subscribers, got {type(subscribers).__name__}"
             )
+        if controller is not None and not isinstance(controller, ControllerConfig):
+            raise TypeError(
+                f"controller must be a ControllerConfig or None, got {type(controller).__name__}"
+            )
         self._config = config
         self._defaults = defaults
         subscribers = list(subscribers)
         self._bus = Bus([as_subscriber(s) for s in subscribers])
-        self._controller: Controller | None = None
-        if controller is not None:
-            from ._controller import Controller, ControllerConfig
-
-            if not isinstance(controller, ControllerConfig):
-                raise TypeError(
-                    "controller must be a ControllerConfig or None, "
-                    f"got {type(controller).__name__}"
-                )
-            self._controller = Controller(controller, self)
+        self._controller = None if controller is None else Controller(controller, _Port(self))
         self._registry = Registry()
         self._finish = self._cleanup  # one bound method for every runner, not one per task
         self._slots = SlotPool(config.max_concurrent) if config.max_concurrent is not None else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
+        self._stopper: Stopper | None = None
         self._closing = False
         self._running = False
         self._shutdown_task: asyncio.Task[ShutdownReport] | None = None
@@ -129,6 +118,7 @@ class Supervisor:
             self._thread = threading.get_ident()
             self._skip_grace = asyncio.Event()
             self._changed = asyncio.Event()
+            self._stopper = Stopper(loop, self._config.grace, self._bus, self._cleanup)
             self._bus.start()
         elif threading.get_ident() != self._thread:
             raise RuntimeError(
@@ -190,7 +180,7 @@ class Supervisor:
             raise SupervisorClosed("the supervisor is shutting down; no more tasks are admitted")
         bus = self._bus
         if bus.listening:
-            bus.emit(_ADD_REQUESTED, spec.name)
+            bus.publish(_ADD_REQUESTED, spec.name)
         if self._registry.has_name(spec.name):
             self._reject(spec.name, None, RejectionKind.ALREADY_EXISTS)
             raise TaskAlreadyExists(spec.name)
@@ -200,19 +190,12 @@ class Supervisor:
     def _reject(self, name: str, task_id: TaskId | None, rejection: RejectionKind) -> None:
         if self._bus.listening:
             self._bus.publish(
-                new_event(
-                    EventKind.TASK_ADD_FAILED,
-                    name,
-                    task_id,
-                    rejection=rejection,
-                    outcome=OutcomeKind.REJECTED,
-                )
+                EventKind.TASK_ADD_FAILED,
+                name,
+                task_id,
+                outcome=OutcomeKind.REJECTED,
+                rejection=rejection,
             )
-
-    def _handle(
-        self, task_id: TaskId, name: str, future: asyncio.Future[TaskOutcome]
-    ) -> TaskHandle:
-        return TaskHandle(task_id, name, future, self.cancel)
 
     def _register(
         self,
@@ -221,23 +204,12 @@ class Supervisor:
         future: asyncio.Future[TaskOutcome] | None,
         on_cleanup: Callable[[TaskRecord], None] | None,
     ) -> TaskRecord:
-        """Register and start one task whose name is known to be free (internal)."""
-        rec = self._enroll(spec, task_id, future, on_cleanup)
-        if self._bus.listening:
-            self._bus.emit(_ADDED, rec.name, task_id)
-        self._launch(rec)
-        return rec
-
-    def _enroll(
-        self,
-        spec: TaskSpec,
-        task_id: TaskId,
-        future: asyncio.Future[TaskOutcome] | None,
-        on_cleanup: Callable[[TaskRecord], None] | None,
-    ) -> TaskRecord:
-        """Register one task whose name is known to be free, without starting it (internal)."""
+        """Register and start one task whose name is known to be free."""
         rec = TaskRecord(task_id, spec, future, on_cleanup)
         self._registry.insert(rec)
+        if self._bus.listening:
+            self._bus.publish(_ADDED, rec.name, task_id)
+        self._launch(rec)
         return rec
 
     def _launch(self, rec: TaskRecord) -> None:
@@ -252,13 +224,8 @@ class Supervisor:
             name=f"taskvisor:{rec.name}",
         )
 
-    def _cleanup(self, rec: TaskRecord, outcome: TaskOutcome, just_succeeded: bool = False) -> None:
-        """The one cleanup of a task; later calls (an abandoned runner ending) do nothing.
-
-        ``just_succeeded``: the last attempt has just succeeded and is still open. It is closed
-        here, and its ``ATTEMPT_SUCCEEDED`` goes out with ``TASK_FINISHED`` (``_actor.drive``).
-        """
-        ended = time.perf_counter() if just_succeeded else 0.0
+    def _cleanup(self, rec: TaskRecord, outcome: TaskOutcome) -> None:
+        """The one cleanup of a task; later calls (an abandoned runner ending) do nothing."""
         if rec.finalized:
             return
         rec.finalized = True
@@ -270,29 +237,16 @@ class Supervisor:
             self._slots.release(rec)
         self._registry.release(rec)
         bus = self._bus
-        last = duration = None
-        if just_succeeded:
-            last = rec.attempt
-            duration = attempt.end(rec, ended)
-        if bus.listening:
-            # TASK_FINISHED, then TASK_REMOVED (the name is released by now)
-            now = ended if just_succeeded else None
-            if outcome.reason is None and outcome.exit_code is None:
-                bus.emit_closing(rec.name, rec.id, outcome.kind, last, duration, now)
-            else:
-                if last is not None:
-                    bus.emit(_SUCCEEDED, rec.name, rec.id, last, duration, now=now)
-                bus.publish(
-                    new_event(
-                        EventKind.TASK_FINISHED,
-                        rec.name,
-                        rec.id,
-                        outcome=outcome.kind,
-                        reason=outcome.reason,
-                        exit_code=outcome.exit_code,
-                    )
-                )
-                bus.emit(_REMOVED, rec.name, rec.id)
+        if bus.listening:  # TASK_FINISHED, then TASK_REMOVED (the name is released by now)
+            bus.publish(
+                _FINISHED,
+                rec.name,
+                rec.id,
+                outcome=outcome.kind,
+                reason=outcome.reason,
+                exit_code=outcome.exit_code,
+            )
+            bus.publish(_REMOVED, rec.name, rec.id)
         rec.runner = None  # the runner is ending (it called us); drop the reference
         rec.resolve(outcome)
         if rec.on_cleanup is not None:
@@ -307,50 +261,23 @@ class Supervisor:
         """Ask ``rec`` to stop; True only for the request that did it.
 
         ``arm_force`` starts the task's own grace timer; the shutdown passes False because
-        its own grace wait forces every task still running (one timer instead of thousands).
+        its own grace wait forces every task still running (one wait instead of thousands
+        of timers).
         """
         if rec.finalized or rec.requested:
             return False
         rec.request()
         if self._bus.listening:
-            self._bus.emit(_REMOVE_REQUESTED, rec.name, rec.id)
+            self._bus.publish(_REMOVE_REQUESTED, rec.name, rec.id)
         runner = rec.runner
         # A runner that has not begun sees the request at its first step; cancelling it now
         # would skip its coroutine entirely, and with it the cleanup.
         if rec.started and runner is not None and not runner.done():
             runner.cancel()
             if arm_force:
-                loop = self._loop
-                assert loop is not None
-                rec.timers = [loop.call_later(self._config.grace, self._force, rec)]
+                assert self._stopper is not None
+                self._stopper.arm(rec)
         return True
-
-    def _force(self, rec: TaskRecord) -> None:
-        """Grace is over: cancel again, and stop waiting after ``FORCE_WAIT``."""
-        if rec.finalized or rec.forced:
-            return
-        rec.forced = True
-        runner = rec.runner
-        # A runner that has not begun would die before its first line, skipping its cleanup;
-        # it sees the stop request at its first step instead.
-        if rec.started and runner is not None and not runner.done():
-            runner.cancel()
-        loop = self._loop
-        assert loop is not None
-        timer = loop.call_later(FORCE_WAIT, self._abandon, rec)
-        if rec.timers is None:
-            rec.timers = [timer]
-        else:
-            rec.timers.append(timer)
-
-    def _abandon(self, rec: TaskRecord) -> None:
-        """The body swallows cancellation: resolve it ``FORCE_ABORTED`` and let it go."""
-        if rec.finalized:
-            return
-        # The attempt never ends on its own terms: close it here, so that every
-        # ATTEMPT_STARTING still gets exactly one terminal event.
-        attempt.canceled(rec, self._bus)
-        self._cleanup(rec, stopped_outcome(rec))
 
     async def cancel(self, id_or_name: TaskKey, timeout: float | None = None) -> bool:
         """Stop a task and wait for its cleanup; True only for the caller whose request stopped it.
@@ -465,16 +392,20 @@ class Supervisor:
         for i, spec in enumerate(batch):
             if not isinstance(spec, TaskSpec):
                 raise TypeError(f"specs[{i}] must be a TaskSpec, got {type(spec).__name__}")
-        self._bind()
+        loop = self._bind()
         if self._running:
             raise AlreadyRunning("Supervisor.run is already active")
         if self._closing:
             raise SupervisorClosed("the supervisor has been shut down")
-        self._admit_batch(batch)
         self._running = True
-        restore = self._install_signal_handlers()
+        restore = (
+            install_signal_handlers(loop, self._on_signal)
+            if self._config.handle_signals
+            else _nothing
+        )
         try:
             try:
+                await self._admit_batch(batch)
                 await self._wait_finished()
             except asyncio.CancelledError:
                 # Like a task group: a cancelled run leaves no task behind. Shut down (a
@@ -488,15 +419,18 @@ class Supervisor:
                         self._skip_grace.set()
                 raise
             return await self.shutdown()
+        except TaskAlreadyExists:
+            raise
         finally:
             restore()
             self._running = False
 
-    def _admit_batch(self, batch: _List[TaskSpec]) -> None:
-        bus = self._bus
-        names = [spec.name for spec in batch] if bus.listening else []
-        if names:
-            bus.emit_each(_ADD_REQUESTED, names)
+    async def _admit_batch(self, batch: _List[TaskSpec]) -> None:
+        """Admit a whole batch or none of it, paced so that subscribers keep up (SPEC §14).
+
+        Every name is checked, then every task registered at once (no other admission can
+        slip in between); their events and runners follow in chunks.
+        """
         seen: set[str] = set()
         conflicts: set[str] = set()
         first: str | None = None
@@ -506,20 +440,36 @@ class Supervisor:
                 if first is None:
                     first = spec.name
             seen.add(spec.name)
+        bus = self._bus
         if first is not None:
-            for spec in batch:
-                kind = (
-                    RejectionKind.ALREADY_EXISTS
-                    if spec.name in conflicts
-                    else RejectionKind.BATCH_REJECTED
-                )
-                self._reject(spec.name, None, kind)
+            if bus.listening:
+
+                def refuse(chunk: Sequence[TaskSpec]) -> None:
+                    names = [spec.name for spec in chunk]
+                    bus.publish_batch(_ADD_REQUESTED, names)
+                    for name in names:
+                        rejection = (
+                            RejectionKind.ALREADY_EXISTS
+                            if name in conflicts
+                            else RejectionKind.BATCH_REJECTED
+                        )
+                        self._reject(name, None, rejection)
+
+                await bus.paced(batch, refuse, 2, lambda: True)
             raise TaskAlreadyExists(first)
-        records = [self._enroll(spec, new_task_id(), None, None) for spec in batch]
-        if names:  # listening (no event can have changed that since)
-            bus.emit_each(_ADDED, names, [rec.id for rec in records])
+        records = [TaskRecord(new_task_id(), spec, None, None) for spec in batch]
         for rec in records:
-            self._launch(rec)
+            self._registry.insert(rec)
+
+        def admit(chunk: Sequence[TaskRecord]) -> None:
+            if bus.listening:
+                names = [rec.name for rec in chunk]
+                bus.publish_batch(_ADD_REQUESTED, names)
+                bus.publish_batch(_ADDED, names, [rec.id for rec in chunk])
+            for rec in chunk:
+                self._launch(rec)
+
+        await bus.paced(records, admit, EVENTS_PER_TASK, lambda: self._closing)
 
     def _idle(self) -> bool:
         return len(self._registry) == 0 and (self._controller is None or self._controller.idle)
@@ -530,36 +480,6 @@ class Supervisor:
         while not self._closing and not self._idle():
             changed.clear()
             await changed.wait()
-
-    def _install_signal_handlers(self) -> Callable[[], None]:
-        loop = self._loop
-        if (
-            not self._config.handle_signals
-            or loop is None
-            or threading.current_thread() is not threading.main_thread()
-        ):
-            return lambda: None
-        installed: _List[tuple[signal.Signals, Any]] = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous = signal.getsignal(sig)
-            if getattr(previous, "__module__", "").startswith("asyncio"):
-                previous = None  # another loop's internal handler: nothing of ours to give back
-            try:
-                loop.add_signal_handler(sig, self._on_signal, sig)
-            except (NotImplementedError, RuntimeError, ValueError):  # e.g. Windows
-                continue
-            installed.append((sig, previous))
-
-        def restore() -> None:
-            for sig, previous in installed:
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(sig)
-                    # remove_signal_handler resets to the default action: give back the
-                    # application's own Python-level handler.
-                    if previous is not None:
-                        signal.signal(sig, previous)
-
-        return restore
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._shutdown_task is None:
@@ -591,46 +511,67 @@ class Supervisor:
         bus = self._bus
         grace = self._config.grace
         if bus.listening:
-            bus.publish(new_event(EventKind.SHUTDOWN_REQUESTED, reason=reason))
+            bus.publish(EventKind.SHUTDOWN_REQUESTED, reason=reason)
         if self._controller is not None:
             self._controller.close()
         records = self._registry.records()
         for rec in records:
             self._request_stop(rec, arm_force=False)
-        pending = [rec for rec in records if not rec.finalized]
-        if pending:
-            assert self._skip_grace is not None
-            waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._all_done(pending))}
-            skip = asyncio.ensure_future(self._skip_grace.wait())
-            waiters.add(skip)
-            await asyncio.wait(waiters, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
-        # A task's own force timer (armed by its stop request) can fire just before this wait
-        # ends and finish it FORCE_ABORTED: it was still running at the end of grace too.
-        stuck = tuple(sorted(rec.name for rec in pending if rec.forced or not rec.finalized))
-        if stuck:
+
+        def exceeded(stuck: tuple[str, ...]) -> None:
             if bus.listening:
                 bus.publish(
-                    new_event(
-                        EventKind.GRACE_EXCEEDED,
-                        reason=f"still running after {grace}s: {', '.join(stuck)}",
-                    )
+                    EventKind.GRACE_EXCEEDED,
+                    reason=f"still running after {grace}s: {', '.join(stuck)}",
                 )
-            left = [rec for rec in pending if not rec.finalized]
-            for rec in left:
-                self._force(rec)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_done(left), FORCE_WAIT)
-            for rec in left:
-                self._abandon(rec)
-        elif bus.listening:
-            bus.publish(new_event(EventKind.ALL_STOPPED_WITHIN_GRACE))
+
+        assert self._stopper is not None
+        assert self._skip_grace is not None
+        stuck = await self._stopper.wait_all(records, self._skip_grace, exceeded)
+        if not stuck and bus.listening:
+            bus.publish(EventKind.ALL_STOPPED_WITHIN_GRACE)
         await bus.close(self._config.subscriber_shutdown_timeout)
         return ShutdownReport(grace_exceeded=bool(stuck), stuck=stuck, grace=grace)
 
-    @staticmethod
-    async def _all_done(records: _List[TaskRecord]) -> None:
-        for rec in records:
-            if rec.outcome is None:
-                await rec.outcome_future()
+
+class _Port:
+    """The supervisor as the controller sees it (``_controller.Admission``): nothing more."""
+
+    __slots__ = ("_sup",)
+
+    def __init__(self, sup: Supervisor) -> None:
+        self._sup = sup
+
+    @property
+    def bus(self) -> Bus:
+        return self._sup._bus
+
+    def name_taken(self, name: str) -> bool:
+        return self._sup._registry.has_name(name)
+
+    def register(
+        self,
+        spec: TaskSpec,
+        task_id: TaskId,
+        future: asyncio.Future[TaskOutcome],
+        on_cleanup: Callable[[TaskRecord], None],
+    ) -> TaskRecord:
+        return self._sup._register(spec, task_id, future, on_cleanup)
+
+    def reject(self, name: str, task_id: TaskId, rejection: RejectionKind) -> None:
+        self._sup._reject(name, task_id, rejection)
+
+    def request_stop(self, rec: TaskRecord) -> None:
+        self._sup._request_stop(rec)
+
+    def handle(self, task_id: TaskId, name: str, future: asyncio.Future[TaskOutcome]) -> TaskHandle:
+        return TaskHandle(task_id, name, future, self._sup.cancel)
+
+    def idle(self) -> None:
+        changed = self._sup._changed
+        if changed is not None:
+            changed.set()  # `run()` waits for the controller to be idle
+
+
+def _nothing() -> None:
+    pass

@@ -3,22 +3,25 @@
 Metric names (with the default ``namespace="taskvisor"``; the ``task`` label only when
 ``task_label=True``):
 
-==========================================  =========  =====================================
-``taskvisor_events_total``                  counter    ``kind``
-``taskvisor_attempts_total``                counter    ``task``, ``result``
-``taskvisor_attempt_duration_seconds``      histogram  ``task``, ``result``
-``taskvisor_restarts_total``                counter    ``task``
-``taskvisor_task_outcomes_total``           counter    ``task``, ``outcome``
-``taskvisor_rejections_total``              counter    ``task``, ``rejection``
-``taskvisor_tasks``                         gauge      ``state`` (read from the supervisor)
-``taskvisor_subscriber_overflows_total``    counter    ``subscriber``, ``reason``
-``taskvisor_subscriber_panics_total``       counter    ``subscriber``
-==========================================  =========  =====================================
+=============================================  =========  =====================================
+``taskvisor_events_total``                     counter    ``kind``
+``taskvisor_attempts_total``                   counter    ``task``, ``result``
+``taskvisor_attempt_duration_seconds``         histogram  ``task``, ``result``
+``taskvisor_restarts_total``                   counter    ``task``
+``taskvisor_task_outcomes_total``              counter    ``task``, ``outcome``
+``taskvisor_rejections_total``                 counter    ``task``, ``rejection``
+``taskvisor_tasks``                            gauge      ``state`` (read from the supervisor)
+``taskvisor_subscriber_overflows_total``       counter    ``subscriber``, ``reason``
+``taskvisor_subscriber_dropped_events_total``  counter    ``subscriber``
+``taskvisor_subscriber_panics_total``          counter    ``subscriber``
+=============================================  =========  =====================================
 
 ``result`` is ``succeeded``, ``failed``, ``timed_out`` or ``canceled``; ``outcome`` an
-``OutcomeKind`` label; ``state`` a ``TaskState`` label. ``restarts_total`` counts restarts as
-they are scheduled (one per ``BACKOFF_SCHEDULED``: the next attempt starts after the delay,
-unless the task is stopped first).
+``OutcomeKind`` label; ``state`` a ``TaskState`` label. ``subscriber_overflows_total`` counts
+overflow reports (``reason`` ``full`` when an episode begins, ``recovered`` when it ends,
+``closed``); ``subscriber_dropped_events_total`` adds up the events the ended episodes lost.
+``restarts_total`` counts restarts as they are scheduled (one per ``BACKOFF_SCHEDULED``: the
+next attempt starts after the delay, unless the task is stopped first).
 
 Design: the subscriber is attached to each supervisor it is given to (``on_attach``), and two
 metrics are read from there at scrape time, exact rather than rebuilt from events:
@@ -39,8 +42,8 @@ import re
 import threading
 import weakref
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Mapping, MutableSequence, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry
@@ -66,7 +69,6 @@ from .. import (
     Supervisor,
     TaskState,
 )
-from .._events import RECORD, Run, runs
 
 __all__ = ["DEFAULT_BUCKETS", "PrometheusSubscriber"]
 
@@ -96,7 +98,6 @@ _RESULTS: dict[EventKind, str] = {
     EventKind.ATTEMPT_TIMED_OUT: "timed_out",
     EventKind.ATTEMPT_CANCELED: "canceled",
 }
-# Module globals: ``EventKind.X`` costs ~75 ns on CPython 3.11, and on_event is per event.
 _BACKOFF = EventKind.BACKOFF_SCHEDULED
 _FINISHED = EventKind.TASK_FINISHED
 _ADD_FAILED = EventKind.TASK_ADD_FAILED
@@ -104,8 +105,6 @@ _REJECTED = EventKind.CONTROLLER_REJECTED
 _OVERFLOW = EventKind.SUBSCRIBER_OVERFLOW
 _PANICKED = EventKind.SUBSCRIBER_PANICKED
 _KINDS = frozenset({*_RESULTS, _BACKOFF, _FINISHED, _ADD_FAILED, _REJECTED, _OVERFLOW, _PANICKED})
-_NO_EVENTS: list[Event] = []  # ``_count_ends`` from ``on_event``: no event is stored whole
-_ROUND_SLICE = RECORD * 512  # packed values counted per lock hold (512 events)
 _NAMESPACE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 
 Key = tuple[str, ...]
@@ -197,6 +196,7 @@ class PrometheusSubscriber(Subscriber):
         self._rejections: dict[RejectionKind, dict[str, int]] = {r: {} for r in RejectionKind}
         self._restarts: dict[str, int] = {}
         self._overflows: dict[Key, int] = {}
+        self._dropped: dict[str, int] = {}
         self._panics: dict[Key, int] = {}
         if not task_label:  # bounded label sets: every series exists from the start, at 0
             for rows in self._attempts.values():
@@ -239,20 +239,23 @@ class PrometheusSubscriber(Subscriber):
     def on_event(self, event: Event) -> None:
         """Count one event."""
         kind = event.kind
-        if kind in self._attempts or kind is _FINISHED:  # the common cases, as one packed run
-            task, duration, outcome = event.task or "", event.duration, event.outcome
-            run: Run = (kind, None, None, task, None, None, duration, outcome)
-            lock = self._lock
-            lock.acquire()
-            try:
-                self._count_ends((run,), _NO_EVENTS)
-            finally:
-                lock.release()
-            return
         task = (event.task or "") if self.task_label else ""
-        lock = self._lock
-        with lock:
-            if kind is _BACKOFF:
+        with self._lock:
+            rows = self._attempts.get(kind)
+            if rows is not None:  # an attempt ended
+                row = rows.get(task)
+                if row is None:
+                    row = rows[task] = self._zero_row.copy()
+                row[_N] += 1
+                duration = event.duration
+                if duration is not None:
+                    row[_BUCKETS + bisect_left(self._bounds, duration)] += 1
+                    row[_SUM] += duration
+            elif kind is _FINISHED:
+                if event.outcome is not None:
+                    counts = self._outcomes[event.outcome]
+                    counts[task] = counts.get(task, 0) + 1
+            elif kind is _BACKOFF:
                 self._restarts[task] = self._restarts.get(task, 0) + 1
             elif kind is _ADD_FAILED or kind is _REJECTED:
                 if event.outcome is not None:
@@ -262,50 +265,14 @@ class PrometheusSubscriber(Subscriber):
                     counts = self._rejections[event.rejection]
                     counts[task] = counts.get(task, 0) + 1
             elif kind is _OVERFLOW:
-                key: Key = (event.task or "", event.reason or "")
+                sub = event.task or ""
+                key: Key = (sub, event.reason or "")
                 self._overflows[key] = self._overflows.get(key, 0) + 1
+                if event.dropped:
+                    self._dropped[sub] = self._dropped.get(sub, 0) + event.dropped
             elif kind is _PANICKED:
                 name: Key = (event.task or "",)
                 self._panics[name] = self._panics.get(name, 0) + 1
-
-    def _on_packed(self, log: list[Any]) -> None:
-        """``on_event`` for a whole delivery round, unbuilt (see ``taskvisor._subscriber``)."""
-        whole: list[Event] = []
-        for start in range(0, len(log), _ROUND_SLICE):
-            with self._lock:  # per slice: a scrape never waits long for it
-                self._count_ends(runs(log[start : start + _ROUND_SLICE]), whole)
-        for event in whole:
-            self.on_event(event)
-
-    def _count_ends(self, ends: Iterable[Run], whole: MutableSequence[Event]) -> None:
-        """Count the attempt ends and task ends among packed runs; the lock is held.
-
-        The events stored whole are left for ``on_event``, in ``whole``.
-        """
-        attempts = self._attempts
-        outcomes = self._outcomes
-        bounds = self._bounds
-        labelled = self.task_label
-        for kind, seq, _, task, _, _, duration, outcome in ends:
-            rows = attempts.get(kind)
-            if rows is not None:  # one attempt ended
-                if not labelled:
-                    task = ""
-                row = rows.get(task)
-                if row is None:
-                    row = rows[task] = self._zero_row.copy()
-                row[_N] += 1
-                if duration is not None:
-                    row[_BUCKETS + bisect_left(bounds, duration)] += 1
-                    row[_SUM] += duration
-            elif kind is _FINISHED:  # one task ended
-                if outcome is not None:
-                    counts = outcomes[outcome]
-                    if not labelled:
-                        task = ""
-                    counts[task] = counts.get(task, 0) + 1
-            elif kind is None:
-                whole.append(seq)
 
 
 class _Collector:
@@ -323,8 +290,13 @@ class _Collector:
             (f"{ns}_rejections", "Rejected admissions, by rejection", [*tl, "rejection"]),
             (
                 f"{ns}_subscriber_overflows",
-                "Events dropped for a subscriber, by subscriber and reason (full or closed)",
+                "Overflow reports, by subscriber and reason (full, recovered or closed)",
                 ["subscriber", "reason"],
+            ),
+            (
+                f"{ns}_subscriber_dropped_events",
+                "Events dropped for a subscriber in its ended overflow episodes",
+                ["subscriber"],
             ),
             (
                 f"{ns}_subscriber_panics",
@@ -381,6 +353,7 @@ class _Collector:
                 self._flatten(sub._outcomes, _OUTCOME_LABELS),
                 self._flatten(sub._rejections, _REJECTION_LABELS),
                 dict(sub._overflows),
+                {(name,): n for name, n in sub._dropped.items()},
                 dict(sub._panics),
             ]
             supervisors = [s for s in (r() for r in sub._supervisors) if s is not None]

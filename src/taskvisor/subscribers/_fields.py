@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import fields
 
-from .._events import Event
+from .. import Event
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Event))
-"""Every ``Event`` field, in declaration order (the JSON lines key order)."""
+"""Every ``Event`` field, in declaration order (the JSON lines key order; ``error`` is written
+as its formatted ``traceback``)."""
 
 Plain = str | int | float
 
@@ -39,4 +41,12 @@ def plain_fields(event: Event) -> dict[str, Plain]:
         d["rejection"] = event.rejection.value
     if event.slot is not None:
         d["slot"] = event.slot
+    if event.fence is not None:
+        d["fence"] = event.fence
+    if event.node is not None:
+        d["node"] = event.node
+    if event.dropped is not None:
+        d["dropped"] = event.dropped
+    if event.error is not None:
+        d["traceback"] = "".join(traceback.format_exception(event.error))
     return d

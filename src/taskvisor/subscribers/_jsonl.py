@@ -8,8 +8,7 @@ import os
 import threading
 from typing import IO, Any
 
-from .._events import Event
-from .._subscriber import Subscriber
+from .. import Event, Subscriber
 from ._fields import plain_fields
 
 

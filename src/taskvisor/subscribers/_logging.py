@@ -6,9 +6,7 @@ import logging
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from .._events import Event, EventKind
-from .._outcome import OutcomeKind
-from .._subscriber import Subscriber
+from .. import Event, EventKind, OutcomeKind, Subscriber
 
 EXTRA_PREFIX = "taskvisor_"
 """Prefix of every ``extra`` key: ``LogRecord`` attributes (``name``, ``msg``, ``args``…, and
