@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 import taskvisor as tv
-from taskvisor._events import new_event
+from conftest import make_event
 from taskvisor.subscribers import JsonLinesSubscriber
 from taskvisor.testing import EventRecorder
 
@@ -101,15 +102,15 @@ def test_every_kind_round_trips() -> None:
     stream = io.StringIO()
     sink = JsonLinesSubscriber(stream)
     events = [
-        new_event(
+        make_event(
             E.TASK_ADD_FAILED,
             "t",
             rejection=tv.RejectionKind.BATCH_REJECTED,
             outcome=tv.OutcomeKind.REJECTED,
         ),
-        new_event(E.ATTEMPT_TIMED_OUT, "t", tv.TaskId(3), attempt=2, duration=1.0, timeout=1.0),
-        new_event(E.CONTROLLER_SLOT_TRANSITION, slot="s", reason="idle→admitting"),
-        new_event(E.TASK_ADDED, "naïve ✓", tv.TaskId(4)),
+        make_event(E.ATTEMPT_TIMED_OUT, "t", tv.TaskId(3), attempt=2, duration=1.0, timeout=1.0),
+        make_event(E.CONTROLLER_SLOT_TRANSITION, slot="s", reason="idle→admitting"),
+        make_event(E.TASK_ADDED, "naïve ✓", tv.TaskId(4)),
     ]
     for e in events:
         sink.on_event(e)
@@ -129,23 +130,40 @@ def test_every_kind_round_trips() -> None:
 def test_binary_stream_gets_utf8_lines() -> None:
     stream = io.BytesIO()
     sink = JsonLinesSubscriber(stream)
-    sink.on_event(new_event(E.ALL_STOPPED_WITHIN_GRACE))
+    sink.on_event(make_event(E.ALL_STOPPED_WITHIN_GRACE))
     data = stream.getvalue()
     assert data.endswith(b"\n")
     assert json.loads(data)["kind"] == "all_stopped_within_grace"
+
+
+def open_descriptors_of(path: Path) -> list[str]:
+    """This process's open file descriptors that refer to ``path`` (Linux's /proc)."""
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("no /proc/self/fd here to see open files")
+    found = []
+    for fd in os.listdir(fds):
+        try:
+            target = os.readlink(fds / fd)
+        except OSError:  # the descriptor listdir itself used, already gone
+            continue
+        if target == str(path.resolve()):
+            found.append(fd)
+    return found
 
 
 def test_path_is_appended_to_and_closed(tmp_path: Path) -> None:
     path = tmp_path / "log.jsonl"
     path.write_text('{"seq": 0}\n', encoding="utf-8")
     sink = JsonLinesSubscriber(str(path))
-    sink.on_event(new_event(E.SHUTDOWN_REQUESTED, reason="test"))
+    sink.on_event(make_event(E.SHUTDOWN_REQUESTED, reason="test"))
+    assert len(open_descriptors_of(path)) == 1  # it holds the file open
     # Flushed per line: readable before close.
     assert [d.get("kind") for d in read_lines(path)] == [None, "shutdown_requested"]
     sink.close()
     sink.close()  # idempotent
-    assert sink._stream.closed
-    sink.on_event(new_event(E.ALL_STOPPED_WITHIN_GRACE))  # after close: dropped, no error
+    assert not open_descriptors_of(path)  # the file it opened is closed
+    sink.on_event(make_event(E.ALL_STOPPED_WITHIN_GRACE))  # after close: dropped, no error
     assert len(read_lines(path)) == 2
 
 
