@@ -36,10 +36,18 @@ def _is_private_attribute(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__")
 
 
+def _imports_private(n: ast.ImportFrom) -> bool:
+    """``from taskvisor._x import …``, or ``from taskvisor import _x`` (the module itself)."""
+    if _is_private_module(n.module, n.level):
+        return True
+    public_package = n.level > 0 or (n.module or "").split(".")[0] == "taskvisor"
+    return public_package and any(_is_private_attribute(a.name) for a in n.names)
+
+
 def touches_private(node: ast.AST) -> bool:
     """Whether this subtree imports a private module or reads ``_x`` of another object."""
     for n in ast.walk(node):
-        if isinstance(n, ast.ImportFrom) and _is_private_module(n.module, n.level):
+        if isinstance(n, ast.ImportFrom) and _imports_private(n):
             return True
         if isinstance(n, ast.Import) and any(_is_private_module(a.name) for a in n.names):
             return True
@@ -65,6 +73,8 @@ def _private_imports(tree: ast.Module) -> set[str]:
     for n in tree.body:
         if isinstance(n, ast.ImportFrom) and _is_private_module(n.module, n.level):
             bound |= {a.asname or a.name for a in n.names}
+        elif isinstance(n, ast.ImportFrom) and _imports_private(n):
+            bound |= {a.asname or a.name for a in n.names if _is_private_attribute(a.name)}
         elif isinstance(n, ast.Import):
             for a in n.names:
                 if _is_private_module(a.name):
@@ -169,6 +179,7 @@ def test_the_census_counts_what_the_rule_names(tmp_path: Path) -> None:
     (tmp_path / "test_sample.py").write_text(
         "from taskvisor._events import thing\n"
         "import taskvisor\n"
+        "from taskvisor import Event, _testhooks as hooks\n"
         "def helper():\n"
         "    return thing\n"
         "def indirect():\n"
@@ -192,9 +203,11 @@ def test_the_census_counts_what_the_rule_names(tmp_path: Path) -> None:
         "def test_self(): Mine().get()\n"
         "def test_dunder(): taskvisor.__all__\n"
         "def test_clean(clean_fixture): clean_helper()\n"
+        "def test_module(): hooks.zero_backoff\n"
+        "def test_public_name(): Event\n"
     )
     found = census(tmp_path)
-    assert found.total == {"test_sample.py": 9}
+    assert found.total == {"test_sample.py": 11}
     assert found.private == {
         "test_sample.py": [
             "test_import",
@@ -203,9 +216,10 @@ def test_the_census_counts_what_the_rule_names(tmp_path: Path) -> None:
             "test_indirect",
             "test_class",
             "test_fixture",
+            "test_module",
         ]
     }
-    assert "test_sample.py: 6 / 9" in found.report()
+    assert "test_sample.py: 7 / 11" in found.report()
 
 
 def test_at_most_a_tenth_of_the_tests_touch_private_names() -> None:
