@@ -1,20 +1,17 @@
 """Events per second through the subscriber fan-out, next to bare ``asyncio.Queue``s.
 
-Every case pushes ``n`` pre-built events and then waits until every consumer has handled
+Every case pushes ``n`` events and then waits until every consumer has handled
 them all; the figure is the cost per event (publish + delivery + the no-op handler, for
 every subscriber).
 
 - ``bus kN``: ``Bus.publish`` with ``N`` no-op subscribers (sync ``on_event``), then
-  ``Bus.close`` (which drains every queue).
-- ``queues kN``: the baseline: the same events ``put_nowait`` into ``N`` plain
+  ``Bus.close`` (which drains every queue). The bus builds each event (late, once for all
+  of them).
+- ``queues kN``: the baseline: the same events, built in advance, ``put_nowait`` into ``N`` plain
   ``asyncio.Queue``s, each read by a plain consumer task calling the same no-op handler,
   then a sentinel per queue and a wait for the consumers.
 - ``trickle …``: the same, but the publisher yields to the loop after every event, so every
   event wakes every consumer (the supervisor's usual pattern: events come one at a time).
-
-- ``unpack python`` / ``unpack``: building the events of a packed log of ``n`` lifecycle
-  events, handing each out and freeing it, in Python (``_events.unpack_python``) and through
-  ``_events.unpack`` (the C accelerator when it is built: the same as the first otherwise).
 
 Goals: with no subscriber, publishing costs < 1 µs per event; with ``N`` subscribers the
 fan-out stays within 1.3× of the bare queues.
@@ -24,12 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable
 
-from benchmarks.harness import Case, CheckFailed, Goal, start_clock
+from benchmarks.harness import Case, Goal
 from taskvisor import Event, EventKind, TaskId
-from taskvisor._events import new_event, unpack, unpack_python
 from taskvisor._fanout import Bus
 from taskvisor._subscriber import as_subscriber
 
@@ -48,26 +43,29 @@ class NoOp:
 
 
 def _events(n: int) -> list[Event]:
-    return [new_event(EventKind.ATTEMPT_STARTING, "bench", TaskId(1), attempt=1) for _ in range(n)]
+    return [
+        Event(seq=i, at=time.time(), kind=EventKind.ATTEMPT_STARTING, task="bench", attempt=1)
+        for i in range(n)
+    ]
 
 
 def bus(k: int, *, trickle: bool = False) -> Callable[[int], Awaitable[float]]:
     """``n`` events through a ``Bus`` with ``k`` no-op subscribers."""
 
     async def run(n: int) -> float:
-        events = _events(n)
         b = Bus([as_subscriber(NoOp(n)) for _ in range(k)])
         b.start()
         await asyncio.sleep(0)  # every worker is idle, waiting: the steady state
         publish = b.publish
+        kind, task_id = EventKind.ATTEMPT_STARTING, TaskId(1)
         t0 = time.perf_counter()
         if trickle:
-            for e in events:
-                publish(e)
+            for _ in range(n):
+                publish(kind, "bench", task_id, 1)
                 await asyncio.sleep(0)
         else:
-            for e in events:
-                publish(e)
+            for _ in range(n):
+                publish(kind, "bench", task_id, 1)
         await b.close(60.0)
         return time.perf_counter() - t0
 
@@ -102,24 +100,6 @@ def queues(k: int, *, trickle: bool = False) -> Callable[[int], Awaitable[float]
             q.put_nowait(None)
         await asyncio.gather(*consumers)
         return time.perf_counter() - t0
-
-    return run
-
-
-def unpacking(build: Callable[[list[Any]], Iterator[Event]]) -> Callable[[int], Awaitable[float]]:
-    async def run(n: int) -> float:
-        ids = [TaskId(i + 1) for i in range(n)]
-        log: list[Any] = []
-        for i in range(n):
-            log += (EventKind.ATTEMPT_STARTING, i, 1.0, f"t{i}", ids[i], 1, None, None)
-        event: Event | None = None
-        t0 = start_clock()
-        for event in build(log):  # noqa: B007 - the last one is checked below
-            pass
-        elapsed = time.perf_counter() - t0
-        if event is None or (event.seq, event.task_id) != (n - 1, ids[-1]):
-            raise CheckFailed(f"the last of {n} events built is {event!r}")
-        return elapsed
 
     return run
 
@@ -159,7 +139,3 @@ for _k in (1, 4):
             goal=Goal(max_ratio=1.3),
         ),
     ]
-CASES += [
-    Case("unpack python", unpacking(unpack_python), OPS, unit="event"),
-    Case("unpack", unpacking(unpack), OPS, unit="event", baseline="unpack python"),
-]

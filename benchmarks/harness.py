@@ -26,7 +26,9 @@ Adding a module: create ``benchmarks/bench_<topic>.py`` with a module-level list
     ]
 
 A case's ``run(n)`` does ``n`` operations and returns the seconds they took: it times
-itself, so setup and teardown stay out of the figure. ``t0 = start_clock()`` (rather than
+itself, so setup and teardown stay out of the figure. It may instead return ``(seconds,
+note)``: the note (a short text, e.g. what the run observed besides its time) is shown in a
+``note`` column, the one of the sample whose time is the median. ``t0 = start_clock()`` (rather than
 ``time.perf_counter()``) first collects garbage, so that a collection the setup's objects
 made due does not land in the timed part; collections the measured work causes still count.
 It may be ``async def`` (run on the harness's event loop, one loop per module and loop kind)
@@ -75,8 +77,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-RunFn = Callable[[int], Awaitable[float]] | Callable[[int], float]
-"""``run(n)``: do ``n`` operations, return the seconds they took."""
+Sample = float | tuple[float, str]
+"""What ``run(n)`` returns: the seconds (or bytes) of the ``n`` operations, alone or with a
+note about the sample."""
+RunFn = Callable[[int], Awaitable[Sample]] | Callable[[int], Sample]
+"""``run(n)``: do ``n`` operations, return the seconds they took (and maybe a note)."""
 
 FULL_ROUNDS = 7
 QUICK_ROUNDS = 3
@@ -197,6 +202,8 @@ class Result:
     """Why the case raised ``CheckFailed`` (no further samples were taken)."""
     checks: list[str] = field(default_factory=list)
     """PASS/FAIL lines of its ``max_total`` goals and of a ``CheckFailed``."""
+    notes: list[str] = field(default_factory=list)
+    """The note of each sample (``""`` when its run returned none), in sample order."""
 
     @property
     def median(self) -> float:
@@ -205,6 +212,14 @@ class Result:
     @property
     def label(self) -> str:
         return f"{self.module}:{self.case}"
+
+    @property
+    def note(self) -> str:
+        """The note of the median sample (the lower one of an even count); ``""`` if none."""
+        if not self.samples:
+            return ""
+        order = sorted(range(len(self.samples)), key=self.samples.__getitem__)
+        return self.notes[order[(len(order) - 1) // 2]]
 
 
 def format_bytes(b: float) -> str:
@@ -296,15 +311,20 @@ def start_clock() -> float:
     return time.perf_counter()
 
 
-async def _sample(case: Case, n: int) -> float:
+async def _sample(case: Case, n: int) -> tuple[float, str]:
     gc.collect()
     result = case.run(n)
     if inspect.isawaitable(result):
         result = await result
+    note = ""
+    if isinstance(result, tuple):
+        result, note = result
+        if not isinstance(note, str):
+            raise TypeError(f"{case.name}: run({n}) returned a note that is not a str: {note!r}")
     value = float(result)
     if not value > 0:
         raise ValueError(f"{case.name}: run({n}) returned {value!r}, not a positive {case.metric}")
-    return value / n
+    return value / n, note
 
 
 def _judge(c: Case, r: Result, by_name: dict[str, Result]) -> None:
@@ -361,12 +381,13 @@ async def measure(
         if r.failure is not None:
             return
         try:
-            value = await _sample(c, n)
+            value, note = await _sample(c, n)
         except CheckFailed as exc:
             r.failure = str(exc) or type(exc).__name__
             return
         if keep:
             r.samples.append(value)
+            r.notes.append(note)
 
     for c, r in zip(cases, results, strict=True):
         await sample(c, r, max(1, r.ops // 10), keep=False)  # warm-up: imports, caches, paths
@@ -382,8 +403,20 @@ async def measure(
 
 
 def table(results: Sequence[Result]) -> str:
-    """An aligned plain-text table: per-op median, min, max, ratio to baseline, goal."""
-    header = ("case", "unit", "ops", "median", "min", "max", "vs baseline", "goal", "status")
+    """An aligned plain-text table: per-op median, min, max, ratio to baseline, goal, and the
+    median sample's note when any case has one."""
+    with_notes = any(r.note for r in results)
+    header: tuple[str, ...] = (
+        "case",
+        "unit",
+        "ops",
+        "median",
+        "min",
+        "max",
+        "vs baseline",
+        "goal",
+        "status",
+    ) + (("note",) if with_notes else ())
     rows = [header]
     for r in results:
         ratio = "" if r.ratio is None else f"{r.ratio:.2f}× {r.baseline}"
@@ -406,6 +439,7 @@ def table(results: Sequence[Result]) -> str:
                 r.goal or "",
                 status,
             )
+            + ((r.note,) if with_notes else ())
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     right = {2, 3, 4, 5}
@@ -438,16 +472,8 @@ def metadata(*, quick: bool, rounds: int, loops: Sequence[str] = ("asyncio",)) -
         "rounds": rounds,
         "loops": list(loops),
         "versions": versions,
-        "accelerated": events_accelerated(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def events_accelerated() -> bool:
-    """Whether taskvisor builds its events in C here (``_events.ACCELERATED``)."""
-    from taskvisor import _events
-
-    return _events.ACCELERATED
 
 
 def write_json(path: Path, results: Sequence[Result], meta: dict[str, Any]) -> None:
@@ -459,6 +485,7 @@ def write_json(path: Path, results: Sequence[Result], meta: dict[str, Any]) -> N
             median=r.median if r.samples else None,
             min=min(r.samples) if r.samples else None,
             max=max(r.samples) if r.samples else None,
+            note=r.note,
         )
         rows.append(row)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -656,12 +683,6 @@ def compare(old_path: Path, new_path: Path) -> str:
     return "\n".join(lines)
 
 
-def _built_in(accelerated: object) -> str:
-    if accelerated is None:  # a file written before the accelerator
-        return ""
-    return "; events built in C" if accelerated else "; events built in Python"
-
-
 def markdown(path: Path) -> str:
     """The results of a ``--json`` file as Markdown tables, one per module, loops side by side."""
     meta, rows = _load(path)
@@ -677,7 +698,6 @@ def markdown(path: Path) -> str:
         f"{meta.get('cpus', '?')} CPUs, {meta.get('rounds', '?')} rounds"
         + (" (quick)" if meta.get("quick") else "")
         + (f"; {versions}" if versions else "")
-        + _built_in(meta.get("accelerated"))
         + f"; {meta.get('time', '?')}.",
     ]
     for module, cases in modules.items():
@@ -685,21 +705,26 @@ def markdown(path: Path) -> str:
         for lp in loops:
             header += [f"{lp} median [min–max]", "× baseline"]
         header += ["goal", "met"]
+        with_notes = any(row.get("note") for (_, m, _), row in rows.items() if m == module)
+        if with_notes:
+            header.append("note")
         lines += ["", f"**{module}**", "", "| " + " | ".join(header) + " |"]
-        lines.append(
-            "|" + "|".join(["---", "---:"] + ["---:", "---:"] * len(loops) + ["---", "---"]) + "|"
-        )
+        aligns = ["---", "---:"] + ["---:", "---:"] * len(loops) + ["---", "---"]
+        lines.append("|" + "|".join(aligns + (["---"] if with_notes else [])) + "|")
         for case in cases:
             found = {lp: rows[(lp, module, case)] for lp in loops if (lp, module, case) in rows}
             first = next(iter(found.values()))
             cells = [f"`{case}`", f"{first['ops']:,}"]
             goals: dict[str, str] = {}
             met: list[str] = []
+            notes: dict[str, str] = {}
             for lp in loops:
                 row = found.get(lp)
                 if row is None or row.get("median") is None:
                     cells += ["—", ""]
                     continue
+                if row.get("note"):
+                    notes[lp] = row["note"]
                 metric = row.get("metric", "seconds")
                 cells.append(
                     f"{format_value(row['median'], metric)} "
@@ -718,5 +743,8 @@ def markdown(path: Path) -> str:
             else:
                 goal = "; ".join(f"{lp}: {g}" for lp, g in goals.items())
             cells += [goal.replace("|", "\\|"), ", ".join(met)]
+            if with_notes:
+                note = "; ".join(f"{lp}: {n}" for lp, n in notes.items())
+                cells.append(note.replace("|", "\\|"))
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -28,7 +28,7 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key.startswith("taskvisor_") and value is not None:
                 doc[key] = value
-        return json.dumps(doc)
+        return json.dumps(doc, default=str)  # an exception (taskvisor_error) as its text
 
 
 def configure_logging() -> None:

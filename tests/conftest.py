@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
 import taskvisor as tv
+
+# --------------------------------------------------------------------------- hand-made events
+
+_SEQ = itertools.count(1)
+
+
+def make_event(
+    kind: tv.EventKind,
+    task: str | None = None,
+    task_id: tv.TaskId | None = None,
+    **fields: Any,
+) -> tv.Event:
+    """An ``Event`` built with its public constructor, for feeding a subscriber by hand.
+
+    ``seq`` increases with each call (in this module's own count), ``at`` is the wall clock
+    unless given; every other field is a keyword of ``Event``.
+    """
+    fields.setdefault("at", time.time())
+    return tv.Event(seq=next(_SEQ), kind=kind, task=task, task_id=task_id, **fields)
+
 
 # --------------------------------------------------------------------------- runtime helpers
 # (supervisor runtime suites: lifecycle, failure, timeout, identity, outcomes, shutdown,
@@ -272,8 +294,13 @@ SPEC_OPTIONAL_FIELDS = (
     "outcome",
     "rejection",
     "slot",
+    "error",
+    "fence",
+    "node",
+    "dropped",
 )
-"""The optional ``Event`` fields of SPEC §6, in their order."""
+"""The optional ``Event`` fields of SPEC §6, then those of Part II (``error`` §13, ``fence`` and
+``node`` §11, ``dropped`` §14), in their order."""
 
 SPEC_EVENT_FIELDS = ("seq", "at", "kind", *SPEC_OPTIONAL_FIELDS)
-"""Every ``Event`` field of SPEC §6, in order."""
+"""Every ``Event`` field, in order."""

@@ -19,6 +19,7 @@ PUBLIC_MODULES = (
     "taskvisor",
     "taskvisor.testing",
     "taskvisor.process",
+    "taskvisor.status",
     "taskvisor.subscribers",
     "taskvisor.contrib",
     "taskvisor.contrib.prometheus",

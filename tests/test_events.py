@@ -3,9 +3,11 @@ importable from the top level package")."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import itertools
+import pickle
 import threading
 import time
 import types
@@ -14,7 +16,7 @@ import typing
 import pytest
 
 import taskvisor
-from conftest import SPEC_OPTIONAL_FIELDS
+from conftest import GUARD, SPEC_OPTIONAL_FIELDS, make_event
 from taskvisor import (
     BackoffSource,
     Event,
@@ -23,7 +25,7 @@ from taskvisor import (
     RejectionKind,
     TaskId,
 )
-from taskvisor._events import new_event
+from taskvisor.testing import EventRecorder
 
 # The kinds of SPEC §6, in its order; the value of each is its lower-case name.
 SPEC_KINDS = [
@@ -92,13 +94,35 @@ SPEC_NAMES = {
 # ---------------------------------------------------------------- Event
 
 
+def spec_event(**fields: object) -> Event:
+    """An event built by its public constructor, every optional field given."""
+    values: dict[str, object] = {
+        "task": "job",
+        "task_id": TaskId(7),
+        "attempt": 2,
+        "reason": "boom",
+        "exit_code": 3,
+        "delay": 0.5,
+        "timeout": 1.5,
+        "duration": 0.25,
+        "backoff_source": BackoffSource.FAILURE,
+        "outcome": OutcomeKind.FAILED,
+        "rejection": RejectionKind.SLOT_BUSY,
+        "slot": "s",
+    }
+    values.update(fields)
+    return Event(12, 1700000000.5, EventKind.BACKOFF_SCHEDULED, **values)  # type: ignore[arg-type]
+
+
 def test_event_is_a_frozen_slotted_dataclass() -> None:
-    ev = new_event(EventKind.TASK_ADDED, "t", TaskId(1))
+    ev = make_event(EventKind.TASK_ADDED, "t", TaskId(1))
     assert dataclasses.is_dataclass(ev)
     assert hasattr(Event, "__slots__")
     assert not hasattr(ev, "__dict__")
     with pytest.raises(dataclasses.FrozenInstanceError):
         ev.task = "u"  # type: ignore[misc]
+    with pytest.raises((AttributeError, TypeError)):
+        ev.extra = 1  # type: ignore[attr-defined]
 
 
 def test_event_fields_match_the_spec() -> None:
@@ -107,59 +131,96 @@ def test_event_fields_match_the_spec() -> None:
 
 
 def test_absent_fields_are_none() -> None:
-    ev = new_event(EventKind.ALL_STOPPED_WITHIN_GRACE)
+    ev = Event(1, 2.0, EventKind.ALL_STOPPED_WITHIN_GRACE)
     assert ev.kind is EventKind.ALL_STOPPED_WITHIN_GRACE
     assert all(getattr(ev, name) is None for name in SPEC_OPTIONAL_FIELDS)
 
 
-def test_new_event_fills_what_it_is_given() -> None:
-    ev = new_event(
-        EventKind.BACKOFF_SCHEDULED,
-        "t",
-        TaskId(4),
-        attempt=2,
-        delay=0.5,
-        backoff_source=BackoffSource.FAILURE,
-        reason="boom",
+def test_the_constructor_keeps_what_it_is_given() -> None:
+    ev = spec_event()
+    assert (ev.seq, ev.at, ev.kind) == (12, 1700000000.5, EventKind.BACKOFF_SCHEDULED)
+    assert (ev.task, ev.task_id, ev.attempt, ev.delay) == ("job", 7, 2, 0.5)
+    assert (ev.backoff_source, ev.reason, ev.exit_code) == (BackoffSource.FAILURE, "boom", 3)
+    assert (ev.timeout, ev.duration, ev.outcome) == (1.5, 0.25, OutcomeKind.FAILED)
+    assert (ev.rejection, ev.slot) == (RejectionKind.SLOT_BUSY, "s")
+    name = "".join(["not-", "interned"])
+    assert make_event(EventKind.TASK_ADDED, name).task is name  # the very value, not a copy
+
+
+def test_events_compare_hash_repr_and_pickle_by_value() -> None:
+    ev = spec_event()
+    same = spec_event()
+    assert ev == same
+    assert hash(ev) == hash(same) == hash(dataclasses.replace(ev))
+    assert ev != spec_event(attempt=3)
+    assert ev != spec_event(slot=None)
+    assert len({ev, same, spec_event(attempt=3)}) == 2
+    assert pickle.loads(pickle.dumps(ev)) == ev
+    assert type(pickle.loads(pickle.dumps(ev))) is Event
+    assert repr(ev).startswith(
+        "Event(seq=12, at=1700000000.5, kind=<EventKind.BACKOFF_SCHEDULED: 'backoff_scheduled'>,"
+        " task='job', task_id=TaskId(7), attempt=2,"
     )
-    assert (ev.task, ev.task_id, ev.attempt, ev.delay) == ("t", 4, 2, 0.5)
-    assert (ev.backoff_source, ev.reason) == (BackoffSource.FAILURE, "boom")
-    assert (ev.exit_code, ev.outcome, ev.slot) == (None, None, None)
+    bare = Event(1, 2.0, EventKind.TASK_ADDED)
+    assert "slot=None" in repr(bare)
+    assert pickle.loads(pickle.dumps(bare)) == bare
 
 
-def test_at_is_the_wall_clock() -> None:
+async def published_events(n: int) -> list[Event]:
+    """Every event a supervisor publishes while running ``n`` instant tasks, as received."""
+    recorder = EventRecorder()
+    sup = taskvisor.Supervisor(
+        taskvisor.SupervisorConfig(handle_signals=False), subscribers=[recorder]
+    )
+    async with asyncio.timeout(GUARD):
+        await sup.run([taskvisor.TaskSpec.once(f"t{i}", _noop) for i in range(n)])
+    return recorder.events
+
+
+async def _noop() -> None:
+    pass
+
+
+async def test_at_is_the_wall_clock() -> None:
     before = time.time()
-    ev = new_event(EventKind.TASK_ADDED)
+    events = await published_events(3)
     after = time.time()
-    assert before <= ev.at <= after
+    assert events
+    assert all(before <= e.at <= after for e in events)
+    stamps = [e.at for e in events]
+    assert stamps == sorted(stamps)
 
 
-def test_seq_is_strictly_increasing_under_many_quick_creations() -> None:
-    events = [new_event(EventKind.TASK_ADDED) for _ in range(20_000)]
-    seqs = [e.seq for e in events]
-    assert all(a < b for a, b in itertools.pairwise(seqs))
+async def test_seq_is_strictly_increasing_under_many_quick_events() -> None:
+    events = await published_events(2_000)
+    assert len(events) == 2_000 * 6 + 2  # six per task, then shutdown requested, all stopped
+    assert all(a.seq < b.seq for a, b in itertools.pairwise(events))
 
 
 def test_seq_is_unique_across_threads() -> None:
+    # Four supervisors, each on its own loop in its own thread, at the same time: the
+    # sequence is process-wide, so no two of their events share a seq.
     per_thread: list[list[int]] = [[] for _ in range(4)]
+    start = threading.Barrier(len(per_thread))
 
-    def make(out: list[int]) -> None:
-        out.extend(new_event(EventKind.TASK_ADDED).seq for _ in range(5_000))
+    def run(out: list[int]) -> None:
+        start.wait(GUARD)
+        out.extend(e.seq for e in asyncio.run(published_events(300)))
 
-    threads = [threading.Thread(target=make, args=(out,)) for out in per_thread]
+    threads = [threading.Thread(target=run, args=(out,)) for out in per_thread]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=30)
+        t.join(timeout=60)
     everything = [s for out in per_thread for s in out]
-    assert len(everything) == 20_000
-    assert len(set(everything)) == 20_000
+    assert len(everything) == 4 * (300 * 6 + 2)
+    assert len(set(everything)) == len(everything)
     for out in per_thread:
         assert out == sorted(out)
 
 
 def test_is_diagnostic_only_for_panic_and_overflow() -> None:
-    diagnostic = {k for k in EventKind if new_event(k).is_diagnostic}
+    diagnostic = {k for k in EventKind if Event(1, 2.0, k).is_diagnostic}
     assert diagnostic == {EventKind.SUBSCRIBER_PANICKED, EventKind.SUBSCRIBER_OVERFLOW}
 
 

@@ -375,7 +375,7 @@ async def test_queue_of_one_overflows_for_itself_only(
     overflows = recorder.of(K.SUBSCRIBER_OVERFLOW)
     assert overflows, "a queue of one behind a slow consumer must overflow"
     assert {e.task for e in overflows} == {tiny.name}
-    assert {e.reason for e in overflows} <= {"full", "closed"}
+    assert {e.reason for e in overflows} <= {"full", "recovered", "closed"}
     assert_saw_everything(recorder)
     assert tiny.calls <= len([e for e in recorder.events if not e.is_diagnostic])
 
@@ -393,11 +393,20 @@ async def test_every_fault_at_once(make_supervisor: SupervisorFactory, recorder:
             release(sub)
     assert not report.grace_exceeded
     assert_saw_everything(recorder)
-    # The unread stream kept the first event and overflowed after it; it ends after shutdown.
+    # The unread stream kept the first event and overflowed after it; read at last, it hands
+    # that event out, then the end of its overflow episode (what it lost); it ends after
+    # shutdown.
     async with asyncio.timeout(GUARD):
         left = [e async for e in unread]
-    assert len(left) == 1
+    assert len(left) == 2
     assert left[0].kind is K.TASK_ADD_REQUESTED
+    assert (left[1].kind, left[1].task, left[1].reason) == (
+        K.SUBSCRIBER_OVERFLOW,
+        "events",
+        "recovered",
+    )
+    assert left[1].dropped is not None
+    assert left[1].dropped >= 1
 
 
 async def test_slow_subscribers_do_not_delay_tasks_with_many_events(

@@ -407,7 +407,9 @@ async def test_event_fields_follow_the_table(
         if e.kind in expected:
             assert present(e) == expected[e.kind], e
     failed = recorder.of(K.ATTEMPT_FAILED, "flaky")
-    assert [present(e) for e in failed] == [base | {"attempt", "duration", "reason", "exit_code"}]
+    assert [present(e) for e in failed] == [
+        base | {"attempt", "duration", "reason", "exit_code", "error"}
+    ]
     assert (failed[0].reason, failed[0].exit_code, failed[0].attempt) == ("nope", 3, 1)
     backoff_fail = recorder.of(K.BACKOFF_SCHEDULED, "flaky")
     assert [present(e) for e in backoff_fail] == [

@@ -6,22 +6,26 @@ import asyncio
 import dataclasses
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
+import traceback
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import taskvisor as tv
-from taskvisor._events import new_event
+from conftest import make_event
 from taskvisor.subscribers import JsonLinesSubscriber
 from taskvisor.testing import EventRecorder
 
 E = tv.EventKind
 ROOT = Path(__file__).resolve().parent.parent
-FIELD_ORDER = [f.name for f in dataclasses.fields(tv.Event)]
+FIELD_ORDER = [
+    "traceback" if f.name == "error" else f.name for f in dataclasses.fields(tv.Event)
+]  # the exception is written as its formatted traceback
 
 
 def quiet() -> tv.SupervisorConfig:
@@ -71,7 +75,10 @@ async def test_a_known_scenario_parses_back_line_by_line(tmp_path: Path) -> None
         "reason": "db down (1)",
         "exit_code": 3,
         "duration": failed[0]["duration"],
+        "traceback": failed[0]["traceback"],
     }
+    assert failed[0]["traceback"].startswith("Traceback (most recent call last):")
+    assert failed[0]["traceback"].rstrip().endswith("Fail: db down (1)")
     assert isinstance(failed[0]["at"], float)
     assert isinstance(failed[0]["duration"], float)
     backoff = next(d for d in lines if d["kind"] == "backoff_scheduled")
@@ -88,10 +95,15 @@ async def test_a_known_scenario_parses_back_line_by_line(tmp_path: Path) -> None
 
 
 def _as_json(e: tv.Event) -> dict[str, Any]:
-    d = dataclasses.asdict(e)
-    for k, v in d.items():
+    d: dict[str, Any] = {}
+    for f in dataclasses.fields(e):
+        v = getattr(e, f.name)
         if isinstance(v, str):  # StrEnum labels
-            d[k] = str(v)
+            v = str(v)
+        if f.name == "error":  # written as its formatted traceback
+            d["traceback"] = None if v is None else "".join(traceback.format_exception(v))
+        else:
+            d[f.name] = v
     if e.task_id is not None:
         d["task_id"] = int(e.task_id)
     return d
@@ -101,15 +113,15 @@ def test_every_kind_round_trips() -> None:
     stream = io.StringIO()
     sink = JsonLinesSubscriber(stream)
     events = [
-        new_event(
+        make_event(
             E.TASK_ADD_FAILED,
             "t",
             rejection=tv.RejectionKind.BATCH_REJECTED,
             outcome=tv.OutcomeKind.REJECTED,
         ),
-        new_event(E.ATTEMPT_TIMED_OUT, "t", tv.TaskId(3), attempt=2, duration=1.0, timeout=1.0),
-        new_event(E.CONTROLLER_SLOT_TRANSITION, slot="s", reason="idle→admitting"),
-        new_event(E.TASK_ADDED, "naïve ✓", tv.TaskId(4)),
+        make_event(E.ATTEMPT_TIMED_OUT, "t", tv.TaskId(3), attempt=2, duration=1.0, timeout=1.0),
+        make_event(E.CONTROLLER_SLOT_TRANSITION, slot="s", reason="idle→admitting"),
+        make_event(E.TASK_ADDED, "naïve ✓", tv.TaskId(4)),
     ]
     for e in events:
         sink.on_event(e)
@@ -129,23 +141,40 @@ def test_every_kind_round_trips() -> None:
 def test_binary_stream_gets_utf8_lines() -> None:
     stream = io.BytesIO()
     sink = JsonLinesSubscriber(stream)
-    sink.on_event(new_event(E.ALL_STOPPED_WITHIN_GRACE))
+    sink.on_event(make_event(E.ALL_STOPPED_WITHIN_GRACE))
     data = stream.getvalue()
     assert data.endswith(b"\n")
     assert json.loads(data)["kind"] == "all_stopped_within_grace"
+
+
+def open_descriptors_of(path: Path) -> list[str]:
+    """This process's open file descriptors that refer to ``path`` (Linux's /proc)."""
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("no /proc/self/fd here to see open files")
+    found = []
+    for fd in os.listdir(fds):
+        try:
+            target = os.readlink(fds / fd)
+        except OSError:  # the descriptor listdir itself used, already gone
+            continue
+        if target == str(path.resolve()):
+            found.append(fd)
+    return found
 
 
 def test_path_is_appended_to_and_closed(tmp_path: Path) -> None:
     path = tmp_path / "log.jsonl"
     path.write_text('{"seq": 0}\n', encoding="utf-8")
     sink = JsonLinesSubscriber(str(path))
-    sink.on_event(new_event(E.SHUTDOWN_REQUESTED, reason="test"))
+    sink.on_event(make_event(E.SHUTDOWN_REQUESTED, reason="test"))
+    assert len(open_descriptors_of(path)) == 1  # it holds the file open
     # Flushed per line: readable before close.
     assert [d.get("kind") for d in read_lines(path)] == [None, "shutdown_requested"]
     sink.close()
     sink.close()  # idempotent
-    assert sink._stream.closed
-    sink.on_event(new_event(E.ALL_STOPPED_WITHIN_GRACE))  # after close: dropped, no error
+    assert not open_descriptors_of(path)  # the file it opened is closed
+    sink.on_event(make_event(E.ALL_STOPPED_WITHIN_GRACE))  # after close: dropped, no error
     assert len(read_lines(path)) == 2
 
 

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 import taskvisor as tv
-from conftest import SPEC_EVENT_FIELDS
-from taskvisor._events import new_event
+from conftest import SPEC_EVENT_FIELDS, make_event
 from taskvisor.subscribers import LogSubscriber
 from taskvisor.testing import EventRecorder
 
@@ -104,20 +103,20 @@ async def test_one_record_per_event_with_every_field_in_extra(
 def _events_of_every_kind() -> list[tv.Event]:
     tid = tv.TaskId(7)
     return [
-        new_event(E.TASK_ADD_REQUESTED, "t"),
-        new_event(E.TASK_ADDED, "t", tid),
-        new_event(
+        make_event(E.TASK_ADD_REQUESTED, "t"),
+        make_event(E.TASK_ADDED, "t", tid),
+        make_event(
             E.TASK_ADD_FAILED,
             "t",
             rejection=tv.RejectionKind.ALREADY_EXISTS,
             outcome=O.REJECTED,
         ),
-        new_event(E.ATTEMPT_STARTING, "t", tid, attempt=1),
-        new_event(E.ATTEMPT_SUCCEEDED, "t", tid, attempt=1, duration=0.5),
-        new_event(E.ATTEMPT_FAILED, "t", tid, attempt=1, duration=0.5, reason="ValueError: x"),
-        new_event(E.ATTEMPT_TIMED_OUT, "t", tid, attempt=1, duration=2.0, timeout=2.0),
-        new_event(E.ATTEMPT_CANCELED, "t", tid, attempt=1, duration=0.1),
-        new_event(
+        make_event(E.ATTEMPT_STARTING, "t", tid, attempt=1),
+        make_event(E.ATTEMPT_SUCCEEDED, "t", tid, attempt=1, duration=0.5),
+        make_event(E.ATTEMPT_FAILED, "t", tid, attempt=1, duration=0.5, reason="ValueError: x"),
+        make_event(E.ATTEMPT_TIMED_OUT, "t", tid, attempt=1, duration=2.0, timeout=2.0),
+        make_event(E.ATTEMPT_CANCELED, "t", tid, attempt=1, duration=0.1),
+        make_event(
             E.BACKOFF_SCHEDULED,
             "t",
             tid,
@@ -125,16 +124,16 @@ def _events_of_every_kind() -> list[tv.Event]:
             delay=5.0,
             backoff_source=tv.BackoffSource.SUCCESS,
         ),
-        new_event(E.TASK_FINISHED, "t", tid, outcome=O.FATAL, reason="bad config", exit_code=2),
-        new_event(E.TASK_REMOVE_REQUESTED, "t", tid),
-        new_event(E.TASK_REMOVED, "t", tid),
-        new_event(E.SHUTDOWN_REQUESTED, reason="signal SIGTERM"),
-        new_event(E.ALL_STOPPED_WITHIN_GRACE),
-        new_event(E.GRACE_EXCEEDED, reason="still running after 1.0s: t"),
-        new_event(E.SUBSCRIBER_PANICKED, "Sink", reason="OSError: disk full"),
-        new_event(E.SUBSCRIBER_OVERFLOW, "Sink", reason="full"),
-        new_event(E.CONTROLLER_SUBMITTED, "t", tid, slot="s"),
-        new_event(
+        make_event(E.TASK_FINISHED, "t", tid, outcome=O.FATAL, reason="bad config", exit_code=2),
+        make_event(E.TASK_REMOVE_REQUESTED, "t", tid),
+        make_event(E.TASK_REMOVED, "t", tid),
+        make_event(E.SHUTDOWN_REQUESTED, reason="signal SIGTERM"),
+        make_event(E.ALL_STOPPED_WITHIN_GRACE),
+        make_event(E.GRACE_EXCEEDED, reason="still running after 1.0s: t"),
+        make_event(E.SUBSCRIBER_PANICKED, "Sink", reason="OSError: disk full"),
+        make_event(E.SUBSCRIBER_OVERFLOW, "Sink", reason="full"),
+        make_event(E.CONTROLLER_SUBMITTED, "t", tid, slot="s"),
+        make_event(
             E.CONTROLLER_REJECTED,
             "t",
             tid,
@@ -142,7 +141,7 @@ def _events_of_every_kind() -> list[tv.Event]:
             rejection=tv.RejectionKind.QUEUE_FULL,
             outcome=O.REJECTED,
         ),
-        new_event(E.CONTROLLER_SLOT_TRANSITION, slot="s", reason="running→terminating"),
+        make_event(E.CONTROLLER_SLOT_TRANSITION, slot="s", reason="running→terminating"),
     ]
 
 
@@ -192,7 +191,7 @@ def test_every_kind_has_a_readable_message_and_its_default_level(
     ],
 )
 def test_task_finished_level_follows_the_outcome(outcome: tv.OutcomeKind, level: str) -> None:
-    event = new_event(E.TASK_FINISHED, "t", tv.TaskId(1), outcome=outcome)
+    event = make_event(E.TASK_FINISHED, "t", tv.TaskId(1), outcome=outcome)
     assert LR(LogSubscriber().level_for(event)) == level
 
 
@@ -259,16 +258,16 @@ def test_level_map_overrides_by_event_kind_and_by_outcome() -> None:
             O.COMPLETED: "DEBUG",
         }
     )
-    ok = new_event(E.ATTEMPT_SUCCEEDED, "t", tv.TaskId(1), attempt=1, duration=0.1)
+    ok = make_event(E.ATTEMPT_SUCCEEDED, "t", tv.TaskId(1), attempt=1, duration=0.1)
     assert sub.level_for(ok) == logging.DEBUG
-    done = new_event(E.TASK_FINISHED, "t", tv.TaskId(1), outcome=O.COMPLETED)
-    fatal = new_event(E.TASK_FINISHED, "t", tv.TaskId(1), outcome=O.FATAL)
+    done = make_event(E.TASK_FINISHED, "t", tv.TaskId(1), outcome=O.COMPLETED)
+    fatal = make_event(E.TASK_FINISHED, "t", tv.TaskId(1), outcome=O.FATAL)
     assert sub.level_for(done) == logging.DEBUG  # the OutcomeKind entry is more specific
     assert sub.level_for(fatal) == logging.WARNING  # the TASK_FINISHED entry covers the rest
-    assert sub.level_for(new_event(E.TASK_ADDED, "t", tv.TaskId(1))) == logging.INFO
+    assert sub.level_for(make_event(E.TASK_ADDED, "t", tv.TaskId(1))) == logging.INFO
     assert (
         LogSubscriber(level_map={O.CANCELED: 5}).level_for(
-            new_event(E.TASK_FINISHED, "t", tv.TaskId(1), outcome=O.CANCELED)
+            make_event(E.TASK_FINISHED, "t", tv.TaskId(1), outcome=O.CANCELED)
         )
         == 5
     )
@@ -303,8 +302,8 @@ def test_logger_by_name_or_object_and_disabled_levels_log_nothing(
     assert named.logger is logging.getLogger("myapp.tasks")
     assert LogSubscriber(logging.getLogger("x")).logger.name == "x"
     assert LogSubscriber().logger.name == "taskvisor"
-    named.on_event(new_event(E.TASK_ADDED, "t", tv.TaskId(1)))  # INFO: below WARNING
-    named.on_event(new_event(E.GRACE_EXCEEDED, reason="t"))
+    named.on_event(make_event(E.TASK_ADDED, "t", tv.TaskId(1)))  # INFO: below WARNING
+    named.on_event(make_event(E.GRACE_EXCEEDED, reason="t"))
     assert [tvx(r, "kind") for r in caplog.records if r.name == "myapp.tasks"] == ["grace_exceeded"]
 
 

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import taskvisor as tv
-from taskvisor._events import new_event
+from conftest import make_event
 from taskvisor.contrib.otel import OpenTelemetrySubscriber
 from taskvisor.testing import EventRecorder
 
@@ -140,21 +140,21 @@ def test_spans_survive_dropped_events(
     sub = OpenTelemetrySubscriber(provider)
     tid = tv.TaskId(99)
     # ATTEMPT_STARTING lost to an overflow: the span is rebuilt from the terminal event.
-    ended = new_event(E.ATTEMPT_FAILED, "t", tid, attempt=1, duration=0.25, reason="x")
+    ended = make_event(E.ATTEMPT_FAILED, "t", tid, attempt=1, duration=0.25, reason="x")
     sub.on_event(ended)
-    sub.on_event(new_event(E.TASK_REMOVED, "t", tid))  # TASK_FINISHED lost too: still ends
+    sub.on_event(make_event(E.TASK_REMOVED, "t", tid))  # TASK_FINISHED lost too: still ends
     (span,) = exporter.get_finished_spans()
     assert span.start_time is not None
     assert span.end_time is not None
     assert span.end_time - span.start_time == pytest.approx(250_000_000, abs=2_000)
     assert span.status.status_code is StatusCode.ERROR
     # A terminal event never came: the next attempt's start ends the previous span.
-    sub.on_event(new_event(E.ATTEMPT_STARTING, "t", tid, attempt=2))
-    sub.on_event(new_event(E.ATTEMPT_STARTING, "t", tid, attempt=3))
+    sub.on_event(make_event(E.ATTEMPT_STARTING, "t", tid, attempt=2))
+    sub.on_event(make_event(E.ATTEMPT_STARTING, "t", tid, attempt=3))
     assert len(exporter.get_finished_spans()) == 2
-    sub.on_event(new_event(E.SHUTDOWN_REQUESTED, reason="x"))  # no task id: ignored
+    sub.on_event(make_event(E.SHUTDOWN_REQUESTED, reason="x"))  # no task id: ignored
     sub.on_event(
-        new_event(E.TASK_FINISHED, "t", tid, outcome=tv.OutcomeKind.FORCE_ABORTED, reason="forced")
+        make_event(E.TASK_FINISHED, "t", tid, outcome=tv.OutcomeKind.FORCE_ABORTED, reason="forced")
     )
     last = exporter.get_finished_spans()[-1]
     assert dict(last.attributes or {})["taskvisor.attempt"] == 3

@@ -8,14 +8,13 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import taskvisor as tv
-from taskvisor._events import new_event
+from conftest import make_event
 from taskvisor.contrib.prometheus import PrometheusSubscriber
 from taskvisor.testing import EventRecorder
 
@@ -180,10 +179,16 @@ async def test_outcomes_rejections_panics_and_overflows(registry: CollectorRegis
     assert value(s, "taskvisor_subscriber_panics_total", subscriber="Boom") == 4
     overflows = rec.select(E.SUBSCRIBER_OVERFLOW, task="Slow")
     assert overflows  # capacity 1 and a blocked worker: most events were dropped for it
-    assert value(
-        s, "taskvisor_subscriber_overflows_total", subscriber="Slow", reason="full"
-    ) == len(overflows)
-    assert value(s, "taskvisor_events_total", kind="subscriber_overflow") == len(overflows)
+    for reason in ("full", "recovered"):
+        assert value(
+            s, "taskvisor_subscriber_overflows_total", subscriber="Slow", reason=reason
+        ) == len([e for e in overflows if e.reason == reason])
+    assert value(s, "taskvisor_subscriber_dropped_events_total", subscriber="Slow") == sum(
+        e.dropped or 0 for e in overflows
+    )
+    assert value(s, "taskvisor_events_total", kind="subscriber_overflow") == len(
+        rec.select(E.SUBSCRIBER_OVERFLOW)
+    )
 
 
 async def test_task_label_off_keeps_label_sets_bounded(registry: CollectorRegistry) -> None:
@@ -238,7 +243,7 @@ def test_histogram_buckets_are_upper_bounds_inclusive(registry: CollectorRegistr
     prom = PrometheusSubscriber(registry, task_label=False, buckets=[0.1, 1.0, math.inf])
     for duration in (0.05, 0.1, 0.5, 1.0, 7.0):
         prom.on_event(
-            new_event(E.ATTEMPT_SUCCEEDED, "t", tv.TaskId(1), attempt=1, duration=duration)
+            make_event(E.ATTEMPT_SUCCEEDED, "t", tv.TaskId(1), attempt=1, duration=duration)
         )
     s = scrape(registry)
     name = "taskvisor_attempt_duration_seconds"
@@ -324,43 +329,28 @@ async def test_attached_without_bind_and_counts_outlive_the_supervisor(
     assert not [k for k in s if k[0] == "taskvisor_tasks"]
 
 
-async def _scenario(beside: list[object]) -> tuple[Samples, list[tv.EventKind]]:
-    """Five quick tasks and a flaky one; the scrape (sums left out: durations vary) and the
-    kinds that reached ``on_event``."""
+async def _scenario(beside: list[object]) -> Samples:
+    """Five quick tasks and a flaky one; the scrape (sums left out: durations vary)."""
     registry = CollectorRegistry()
-    built: list[tv.EventKind] = []
-
-    class Spied(PrometheusSubscriber):
-        def on_event(self, event: tv.Event) -> None:
-            built.append(event.kind)
-            super().on_event(event)
-
-        def _on_packed(self, log: list[Any]) -> None:  # unchanged: still trusted to take rounds
-            super()._on_packed(log)
-
-    prom = Spied(registry)
-    sup = tv.Supervisor(quiet(), subscribers=[prom, *beside])
+    sup = tv.Supervisor(quiet(), subscribers=[PrometheusSubscriber(registry), *beside])
     specs = [tv.TaskSpec.once(f"quick-{i}", _quick) for i in range(5)]
     specs.append(tv.TaskSpec.restartable("flaky", fail_twice_then_succeed, backoff=FAST))
     async with asyncio.timeout(10):
         await sup.run(specs)
-    samples = {key: v for key, v in scrape(registry).items() if not key[0].endswith("_sum")}
-    return samples, built
+    return {key: v for key, v in scrape(registry).items() if not key[0].endswith("_sum")}
 
 
-async def test_same_metrics_whether_events_come_packed_or_built() -> None:
-    """Alone, the subscriber takes plain events unbuilt (``_on_packed``); beside a plain
-    subscriber it gets built ones through ``on_event``. Both must count the same."""
-    alone, built_alone = await _scenario([])
-    beside, built_beside = await _scenario([EventRecorder()])
+async def test_same_metrics_alone_or_beside_another_subscriber() -> None:
+    """However the supervisor hands events out (alone, or beside a plain subscriber that needs
+    every event), the metrics come out the same."""
+    alone = await _scenario([])
+    beside = await _scenario([EventRecorder()])
     assert alone == beside
     assert value(alone, "taskvisor_attempts_total", task="quick-3", result="succeeded") == 1
+    assert value(alone, "taskvisor_attempts_total", task="flaky", result="failed") == 2
     assert value(alone, "taskvisor_task_outcomes_total", task="flaky", outcome="completed") == 1
     assert total(alone, "taskvisor_attempt_duration_seconds_count") == 8
-    # alone, the plain successes and finishes came packed; only the failures were built
-    assert built_alone.count(E.ATTEMPT_SUCCEEDED) == built_alone.count(E.TASK_FINISHED) == 0
-    assert built_beside.count(E.ATTEMPT_SUCCEEDED) == built_beside.count(E.TASK_FINISHED) == 6
-    assert built_alone.count(E.ATTEMPT_FAILED) == built_beside.count(E.ATTEMPT_FAILED) == 2
+    assert value(alone, "taskvisor_events_total", kind="task_finished") == 6
 
 
 async def _quick() -> None:

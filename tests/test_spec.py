@@ -4,15 +4,18 @@ errors bodies raise and the API's error tree (SPEC §1, §2, §9)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
+import gc
 import math
 import pickle
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from conftest import GUARD
 from taskvisor import (
     AlreadyRunning,
     BackoffPolicy,
@@ -27,13 +30,15 @@ from taskvisor import (
     TaskContext,
     TaskDefaults,
     TaskError,
+    TaskHandle,
     TaskId,
     TaskSpec,
     TaskTerminationTimeout,
     TaskvisorError,
 )
-from taskvisor._context import StopSignal, new_task_id
-from taskvisor._spec import UNSET
+from taskvisor import EventKind as E
+from taskvisor import OutcomeKind as O
+from taskvisor.testing import EventRecorder
 
 
 async def body(ctx: TaskContext) -> None:
@@ -48,8 +53,30 @@ def sync_body(ctx: TaskContext) -> None:
     """Not async: refused."""
 
 
-def ctx_of(stop: StopSignal | None = None, attempt: int = 1) -> TaskContext:
-    return TaskContext(new_task_id(), "t", attempt, stop or StopSignal())
+def quiet() -> SupervisorConfig:
+    return SupervisorConfig(handle_signals=False, grace=1.0)
+
+
+@contextlib.asynccontextmanager
+async def live_context() -> AsyncIterator[tuple[Supervisor, TaskHandle, TaskContext]]:
+    """The context of a real task named ``job`` (attempt 1), which runs until it is stopped
+    (``sup.remove("job")``)."""
+    got: asyncio.Future[TaskContext] = asyncio.get_running_loop().create_future()
+
+    async def hold(ctx: TaskContext) -> None:
+        got.set_result(ctx)
+        await asyncio.Event().wait()
+
+    async with asyncio.timeout(GUARD), Supervisor(quiet()) as sup:
+        handle = sup.add(TaskSpec.once("job", hold))
+        yield sup, handle, await got
+
+
+async def not_done_within(fut: asyncio.Future[Any], seconds: float = 0.02) -> bool:
+    """Whether ``fut`` is still pending after a short wait (a check that it did not return
+    early; never a synchronisation)."""
+    done, _ = await asyncio.wait({fut}, timeout=seconds)
+    return not done
 
 
 # ---------------------------------------------------------------- named constructors
@@ -58,7 +85,36 @@ def ctx_of(stop: StopSignal | None = None, attempt: int = 1) -> TaskContext:
 def test_plain_spec_inherits_everything() -> None:
     spec = TaskSpec("t", body)
     assert (spec.name, spec.fn) == ("t", body)
-    assert spec.restart is spec.backoff is spec.timeout is spec.max_retries is UNSET
+    # One "not set" marker for every keyword left out, distinct from None, named in the repr.
+    assert spec.restart is spec.backoff is spec.timeout is spec.max_retries
+    assert spec.timeout is not None
+    assert repr(spec.timeout) == "UNSET"
+    assert "restart=UNSET, backoff=UNSET, timeout=UNSET, max_retries=UNSET" in repr(spec)
+
+
+async def test_a_spec_without_keywords_runs_by_the_defaults() -> None:
+    # Every keyword inherited at admission: retried (ON_FAILURE), each attempt timed out after
+    # the defaults' timeout, a constant backoff between, and one retry allowed.
+    defaults = TaskDefaults(
+        restart=RestartPolicy.ON_FAILURE,
+        backoff=BackoffPolicy.constant(0.002),
+        timeout=0.01,
+        max_retries=1,
+    )
+
+    async def slow() -> None:
+        await asyncio.Event().wait()
+
+    rec = EventRecorder()
+    async with asyncio.timeout(GUARD):
+        await Supervisor(quiet(), defaults=defaults, subscribers=[rec]).run(
+            [TaskSpec("inherits", slow)]
+        )
+    timed_out = rec.select(E.ATTEMPT_TIMED_OUT, task="inherits")
+    assert [e.timeout for e in timed_out] == [0.01, 0.01]
+    assert [e.delay for e in rec.select(E.BACKOFF_SCHEDULED)] == [0.002]
+    finished = rec.select(E.TASK_FINISHED)[0]
+    assert finished.outcome is O.FAILED
 
 
 def test_once_restartable_periodic() -> None:
@@ -68,7 +124,8 @@ def test_once_restartable_periodic() -> None:
     assert periodic.restart == RestartPolicy.always(interval=0.5)
     assert TaskSpec.periodic("d", body, every=2).restart == RestartPolicy.always(interval=2.0)
     for spec in (TaskSpec.once("a", body), periodic):
-        assert spec.backoff is spec.timeout is spec.max_retries is UNSET
+        assert spec.backoff is spec.timeout is spec.max_retries is TaskSpec("x", body).timeout
+        assert "backoff=UNSET, timeout=UNSET, max_retries=UNSET" in repr(spec)
 
 
 def test_named_constructors_take_the_same_keywords() -> None:
@@ -173,7 +230,7 @@ def test_sync_function_is_refused() -> None:
 
 
 def test_coroutine_object_is_refused_with_a_hint() -> None:
-    coro = body(ctx_of())
+    coro = bare()
     try:
         with pytest.raises(TypeError, match="coroutine object"):
             TaskSpec("t", coro)  # type: ignore[arg-type]
@@ -294,149 +351,200 @@ async def with_keyword(*, label: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fn", "takes_context"),
+    "fn",
     [
-        (body, True),
-        (bare, False),
-        (AsyncCallable(), True),
-        (AsyncCallableNoCtx(), False),
-        (Worker().run, True),
-        (Worker().tick, False),
-        (functools.partial(with_arg, "x"), True),
-        (functools.partial(with_keyword, label="x"), False),
-        (functools.partial(functools.partial(with_arg), "x"), True),
+        body,
+        bare,
+        AsyncCallable(),
+        AsyncCallableNoCtx(),
+        Worker().run,
+        Worker().tick,
+        functools.partial(with_arg, "x"),
+        functools.partial(with_keyword, label="x"),
+        functools.partial(functools.partial(with_arg), "x"),
     ],
 )
-def test_both_body_forms_are_accepted(fn: Any, takes_context: bool) -> None:
-    assert TaskSpec("t", fn).resolve(TaskDefaults()).takes_context is takes_context
+async def test_both_body_forms_are_accepted(fn: Any) -> None:
+    # Called in the wrong form, a body would fail with TypeError: each one completes.
+    async with asyncio.timeout(GUARD):
+        async with Supervisor(quiet()) as sup:
+            outcome = await sup.add(TaskSpec.once("t", fn))
+    assert outcome.ok, outcome.reason
 
 
-async def test_resolved_body_is_called_in_its_form() -> None:
+async def test_each_body_is_called_in_its_form() -> None:
     seen: list[object] = []
 
     async def with_ctx(ctx: TaskContext) -> None:
-        seen.append(ctx)
+        seen.append((ctx.name, ctx.attempt))
 
     async def without() -> None:
         seen.append("no ctx")
 
-    ctx = ctx_of()
-    for fn in (with_ctx, without):
-        r = TaskSpec("t", fn).resolve(TaskDefaults())
-        call: Callable[..., Awaitable[Any]] = r.fn
-        await (call(ctx) if r.takes_context else call())
-    assert seen == [ctx, "no ctx"]
+    async with asyncio.timeout(GUARD), Supervisor(quiet()) as sup:
+        assert (await sup.add(TaskSpec.once("with", with_ctx))).ok
+        assert (await sup.add(TaskSpec.once("without", without))).ok
+    assert seen == [("with", 1), "no ctx"]
 
 
 # ---------------------------------------------------------------- TaskContext
 
 
-def test_context_fields() -> None:
-    tid = new_task_id()
-    ctx = TaskContext(tid, "job", 3, StopSignal())
-    assert (ctx.id, ctx.name, ctx.attempt) == (tid, "job", 3)
-    assert ctx.is_cancelled() is False
-    assert "job" in repr(ctx)
+async def test_context_fields() -> None:
+    async with live_context() as (_, handle, ctx):
+        assert (ctx.id, ctx.name, ctx.attempt) == (handle.id, "job", 1)
+        assert type(ctx.id) is TaskId
+        assert ctx.is_cancelled() is False
+        assert "job" in repr(ctx)
 
 
 async def test_context_sees_the_stop_request() -> None:
-    stop = StopSignal()
-    ctx = ctx_of(stop)
-    stop.request()
-    assert ctx.is_cancelled() is True
-    async with asyncio.timeout(5):
-        await ctx.cancelled()  # returns at once
+    async with live_context() as (sup, _, ctx):
+        assert sup.remove("job")
+        assert ctx.is_cancelled() is True
+        async with asyncio.timeout(GUARD):
+            await ctx.cancelled()  # returns at once
 
 
 async def test_cancelled_returns_once_stop_is_requested() -> None:
-    stop = StopSignal()
-    ctx = ctx_of(stop)
-    waiter = asyncio.ensure_future(ctx.cancelled())
-    await asyncio.sleep(0)
-    assert not waiter.done()
-    stop.request()
-    async with asyncio.timeout(5):
-        await waiter
-    assert ctx.is_cancelled()
+    async with live_context() as (sup, _, ctx):
+        waiter = asyncio.ensure_future(ctx.cancelled())
+        assert await not_done_within(waiter)
+        sup.remove("job")
+        async with asyncio.timeout(GUARD):
+            await waiter
+        assert ctx.is_cancelled()
 
 
 async def test_attempts_share_the_stop_signal() -> None:
-    stop = StopSignal()
-    first, second = ctx_of(stop, 1), ctx_of(stop, 2)
-    stop.request()
-    assert first.is_cancelled()
-    assert second.is_cancelled()
+    # The context of a finished attempt still learns of the task's stop, as the current one.
+    contexts: list[TaskContext] = []
+    second: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def fails_first(ctx: TaskContext) -> None:
+        contexts.append(ctx)
+        if ctx.attempt == 1:
+            raise Fail("first")
+        second.set_result(None)
+        await asyncio.Event().wait()
+
+    spec = TaskSpec.restartable("job", fails_first, backoff=BackoffPolicy.constant(0.001))
+    async with asyncio.timeout(GUARD), Supervisor(quiet()) as sup:
+        handle = sup.add(spec)
+        await second
+        first, current = contexts
+        assert (first.attempt, current.attempt) == (1, 2)
+        assert first.id == current.id == handle.id
+        assert not first.is_cancelled()
+        sup.remove("job")
+        assert first.is_cancelled()
+        assert current.is_cancelled()
+        assert (await handle).kind is O.CANCELED
 
 
 async def test_sleep_returns_after_its_duration_without_stop() -> None:
-    ctx = ctx_of()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    async with asyncio.timeout(5):
+    async with live_context() as (_, _, ctx):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         await ctx.sleep(0.01)
         await ctx.sleep(0)
         await ctx.sleep(-1)
-    assert loop.time() - started >= 0.009
+        assert loop.time() - started >= 0.009
+        assert not ctx.is_cancelled()
 
 
 async def test_sleep_ends_early_with_cancelled_error_on_stop() -> None:
-    stop = StopSignal()
-    ctx = ctx_of(stop)
-    sleeper = asyncio.ensure_future(ctx.sleep(3600))
-    await asyncio.sleep(0)
-    assert not sleeper.done()
-    stop.request()
-    async with asyncio.timeout(5):
+    async with live_context() as (sup, _, ctx):
+        sleeper = asyncio.ensure_future(ctx.sleep(3600))
+        assert await not_done_within(sleeper)
+        sup.remove("job")
         with pytest.raises(asyncio.CancelledError):
             await sleeper
 
 
 async def test_sleep_forever_until_stopped() -> None:
-    stop = StopSignal()
-    ctx = ctx_of(stop)
-    sleeper = asyncio.ensure_future(ctx.sleep(math.inf))
-    await asyncio.sleep(0)
-    stop.request()
-    async with asyncio.timeout(5):
+    async with live_context() as (sup, _, ctx):
+        sleeper = asyncio.ensure_future(ctx.sleep(math.inf))
+        assert await not_done_within(sleeper)
+        sup.remove("job")
         with pytest.raises(asyncio.CancelledError):
             await sleeper
 
 
 async def test_sleep_after_stop_raises_at_once() -> None:
-    stop = StopSignal()
-    stop.request()
-    ctx = ctx_of(stop)
-    with pytest.raises(asyncio.CancelledError):
+    async with live_context() as (sup, _, ctx):
+        sup.remove("job")
+        with pytest.raises(asyncio.CancelledError):
+            await ctx.sleep(3600)
+        with pytest.raises(asyncio.CancelledError):
+            await ctx.sleep(0)
+
+
+async def test_sleep_inside_the_body_ends_the_attempt_on_stop() -> None:
+    # The way a body uses it: its sleep raises, the attempt ends canceled, the task CANCELED.
+    sleeping: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def naps(ctx: TaskContext) -> None:
+        sleeping.set_result(None)
         await ctx.sleep(3600)
-    with pytest.raises(asyncio.CancelledError):
-        await ctx.sleep(0)
+
+    rec = EventRecorder()
+    async with asyncio.timeout(GUARD), Supervisor(quiet(), subscribers=[rec]) as sup:
+        handle = sup.add(TaskSpec.once("napper", naps))
+        await sleeping
+        assert await sup.cancel("napper")
+        assert (await handle).kind is O.CANCELED
+    assert rec.select(E.ATTEMPT_CANCELED, task="napper")
 
 
-async def test_sleep_leaves_no_waiter_behind() -> None:
-    stop = StopSignal()
-    ctx = ctx_of(stop)
-    for _ in range(5):
-        await ctx.sleep(0.001)
-    waiter = asyncio.ensure_future(ctx.cancelled())
-    await asyncio.sleep(0)
-    waiter.cancel()
-    await asyncio.gather(waiter, return_exceptions=True)
-    assert not stop._waiters  # finished sleeps and cancelled waits unregister themselves
+def live_futures() -> int:
+    """How many asyncio futures (tasks left out) are alive in the process."""
+    gc.collect()
+    return sum(
+        1
+        for o in gc.get_objects()
+        if isinstance(o, asyncio.Future) and not isinstance(o, asyncio.Task)
+    )
+
+
+async def test_sleeps_and_abandoned_waits_leave_nothing_behind() -> None:
+    # A long-lived task that sleeps in a loop, and waits it gives up on, must not pile up
+    # waiters on its context for as long as the task lives.
+    async with live_context() as (_, _, ctx):
+        before = live_futures()
+        for _ in range(300):
+            await ctx.sleep(0.0001)
+        for _ in range(300):
+            waiter = asyncio.ensure_future(ctx.cancelled())
+            await asyncio.wait({waiter}, timeout=0)  # let it start waiting, then give up
+            waiter.cancel()
+            await asyncio.gather(waiter, return_exceptions=True)
+        assert live_futures() - before < 50
+        assert not ctx.is_cancelled()
 
 
 async def test_sleep_argument_validation() -> None:
-    ctx = ctx_of()
-    with pytest.raises(TypeError, match="seconds"):
-        await ctx.sleep("1")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="seconds"):
-        await ctx.sleep(math.nan)
+    async with live_context() as (_, _, ctx):
+        with pytest.raises(TypeError, match="seconds"):
+            await ctx.sleep("1")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="seconds"):
+            await ctx.sleep(math.nan)
 
 
 # ---------------------------------------------------------------- TaskId
 
 
-def test_task_id_is_an_int() -> None:
-    tid = new_task_id()
+async def task_ids(n: int) -> list[TaskId]:
+    """The ids of ``n`` tasks added one after the other."""
+    async with asyncio.timeout(GUARD), Supervisor(quiet()) as sup:
+        handles = [sup.add(TaskSpec.once(f"t{i}", bare)) for i in range(n)]
+        for h in handles:
+            await h
+    return [h.id for h in handles]
+
+
+async def test_task_id_is_an_int() -> None:
+    (tid,) = await task_ids(1)
     assert isinstance(tid, TaskId)
     assert isinstance(tid, int)
     assert tid == int(tid)
@@ -447,10 +555,12 @@ def test_task_id_is_an_int() -> None:
     assert {int(tid): "x"}[tid] == "x"
 
 
-def test_task_ids_are_unique_and_increasing() -> None:
-    ids = [new_task_id() for _ in range(10_000)]
+async def test_task_ids_are_unique_and_increasing() -> None:
+    ids = await task_ids(2_000)
     assert len(set(ids)) == len(ids)
     assert ids == sorted(ids)
+    again = await task_ids(3)  # never reused, by a later supervisor either
+    assert min(again) > max(ids)
 
 
 async def test_task_ids_are_unique_across_supervisors() -> None:
@@ -465,8 +575,8 @@ async def test_task_ids_are_unique_across_supervisors() -> None:
     assert len(set(ids)) == len(ids)
 
 
-def test_task_id_pickles() -> None:
-    tid = new_task_id()
+async def test_task_id_pickles() -> None:
+    (tid,) = await task_ids(1)
     clone = pickle.loads(pickle.dumps(tid))
     assert clone == tid
     assert type(clone) is TaskId

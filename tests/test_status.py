@@ -16,7 +16,7 @@ import aiohttp
 
 import taskvisor as tv
 from conftest import FAST, GUARD, SupervisorFactory, forever
-from taskvisor._status import StatusServer
+from taskvisor.status import StatusServer
 
 Serve = Callable[..., Awaitable[StatusServer]]
 

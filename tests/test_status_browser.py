@@ -25,7 +25,7 @@ from aiohttp import web
 
 import taskvisor as tv
 from conftest import FAST, SupervisorFactory, forever
-from taskvisor._status import StatusServer
+from taskvisor.status import StatusServer
 
 BROWSER_GUARD = 120.0
 """Generous bound for one headless chromium run on a loaded 2-core machine."""

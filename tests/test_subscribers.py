@@ -1,55 +1,113 @@
-"""The subscriber fan-out: one bounded FIFO queue and one worker per subscriber, overflow and
-panic diagnostics without storms, drain at close, ``EventStream`` (SPEC §7).
+"""Subscribers (SPEC §7), through a real ``Supervisor``: each has its own bounded FIFO queue,
+publishing never waits for one, panics and overflows are reported without storms, shutdown
+drains every queue under one deadline, ``sup.events()``, ``event_kinds``, ``event_counts()``.
 
-Most tests drive ``Bus`` directly: publish, then ``await bus.close(...)``, which drains every
-queue; that close is the synchronisation point, never a sleep.
+Events come from real tasks (instant ``TaskSpec.once`` bodies, failing ones). Waits are on
+events (``EventRecorder.wait_for``), handles or the shutdown itself, each under a guard. How
+many overflow reports a drop gives, and the burst rules, are SPEC §14's: ``test_bursts.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import inspect
 import itertools
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import pytest
 
 import taskvisor as tv
-from conftest import GUARD, Recorder
+from conftest import GUARD
 from taskvisor import Event, EventKind, Subscriber
-from taskvisor._events import new_event, runs, unpack
-from taskvisor._fanout import Bus, EventStream
-from taskvisor._subscriber import as_subscriber
+from taskvisor.testing import EventRecorder
 
 OVERFLOW = EventKind.SUBSCRIBER_OVERFLOW
 PANICKED = EventKind.SUBSCRIBER_PANICKED
+PER_TASK = 6
+"""A one-shot task that succeeds publishes six events (SPEC §6's order)."""
+CLOSING = 2
+"""A supervisor that shuts down with every task done adds SHUTDOWN_REQUESTED and
+ALL_STOPPED_WITHIN_GRACE."""
 
 
-def ev(task: str = "t") -> Event:
-    return new_event(EventKind.ATTEMPT_STARTING, task, attempt=1)
+def quiet(**config: Any) -> tv.SupervisorConfig:
+    config.setdefault("handle_signals", False)
+    config.setdefault("grace", 5.0)
+    return tv.SupervisorConfig(**config)
 
 
-def make_bus(*subscribers: object) -> Bus:
-    bus = Bus([as_subscriber(s) for s in subscribers])
-    bus.start()
-    return bus
+async def noop() -> None:
+    pass
 
 
-async def collect(stream: EventStream) -> list[Event]:
-    """Every event the stream still yields; it must end (the bus was closed)."""
+def once(n: int, prefix: str = "t") -> list[tv.TaskSpec]:
+    return [tv.TaskSpec.once(f"{prefix}{i}", noop) for i in range(n)]
+
+
+async def run(specs: list[tv.TaskSpec], subscribers: Iterable[object], **config: Any) -> None:
+    sup = tv.Supervisor(quiet(**config), subscribers=list(subscribers))
     async with asyncio.timeout(GUARD):
-        return [e async for e in stream]
+        await sup.run(specs)
 
 
-def ordinary(events: list[Event]) -> list[Event]:
+def ordinary(events: Iterable[Event]) -> list[Event]:
     return [e for e in events if not e.is_diagnostic]
 
 
-class Counting(Subscriber):
+def seqs(events: Iterable[Event]) -> list[int]:
+    return [e.seq for e in events]
+
+
+def strictly_increasing(values: list[int]) -> bool:
+    return all(a < b for a, b in itertools.pairwise(values))
+
+
+class Named(EventRecorder):
+    """A recorder (sync, on the loop) with a name and a capacity of its choosing."""
+
+    def __init__(self, name: str, capacity: int = 1 << 16) -> None:
+        super().__init__()
+        self.queue_capacity = capacity  # set afterwards: the recorder itself refuses < 1
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+
+class Raising(Named):
+    """Records, then raises on every event, diagnostics included."""
+
+    def __init__(self, name: str = "raising", capacity: int = 1 << 16) -> None:
+        super().__init__(name, capacity)
+        self.calls = 0
+
+    def on_event(self, event: Event) -> None:
+        super().on_event(event)
+        self.calls += 1
+        raise RuntimeError(f"boom {self.calls}")
+
+
+class Gated(Named):
+    """An async subscriber that holds each event until ``gate`` opens, then records it."""
+
+    def __init__(self, name: str = "gated", capacity: int = 1 << 16) -> None:
+        super().__init__(name, capacity)
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def on_event(self, event: Event) -> None:  # type: ignore[override]
+        self.entered.set()
+        await self.gate.wait()
+        super().on_event(event)
+
+
+class Plain(Subscriber):
+    """A minimal sync subscriber: a list."""
+
     def __init__(self, capacity: int = 1024) -> None:
         self.queue_capacity = capacity
         self.seen: list[Event] = []
@@ -58,139 +116,36 @@ class Counting(Subscriber):
         self.seen.append(event)
 
 
-class Raising(Subscriber):
-    """Raises on every event, diagnostics included."""
-
-    queue_capacity = 16
-
-    def __init__(self, name: str = "raising") -> None:
-        self._name = name
-        self.calls = 0
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def on_event(self, event: Event) -> None:
-        self.calls += 1
-        raise RuntimeError(f"boom {self.calls}")
-
-
-class Gated(Subscriber):
-    """An async subscriber that waits for ``gate`` before finishing each event."""
-
-    def __init__(self, name: str = "gated", capacity: int = 1024) -> None:
-        self._name = name
-        self.queue_capacity = capacity
-        self.gate = asyncio.Event()
-        self.entered = asyncio.Event()
-        self.seen: list[Event] = []
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    async def on_event(self, event: Event) -> None:
-        self.entered.set()
-        await self.gate.wait()
-        self.seen.append(event)
-
-
-# ---------------------------------------------------------------- the seed's four tests
-
-
-async def test_overflow_publishes_subscriber_overflow() -> None:
-    counting = Counting(capacity=1)
-    bus = make_bus(counting)
-    stream = bus.stream(capacity=100)
-    for _ in range(3):
-        bus.publish(ev())
-    await bus.close(GUARD)
-    overflows = [e for e in await collect(stream) if e.kind is OVERFLOW]
-    assert [(e.task, e.reason) for e in overflows] == [("Counting", "full")] * 2
-    assert len(counting.seen) == 1
-
-
-async def test_overflow_of_a_diagnostic_event_publishes_no_further_overflow() -> None:
-    counting = Counting(capacity=1)
-    bus = make_bus(counting)
-    stream = bus.stream(capacity=100)
-    diagnostic = new_event(OVERFLOW, "test", reason="full")
-    for _ in range(5):
-        bus.publish(diagnostic)
-    await bus.close(GUARD)
-    assert await collect(stream) == [diagnostic] * 5  # only what we published ourselves
-    assert counting.seen == [diagnostic]
-
-
-async def test_raising_subscriber_publishes_panicked_per_event_and_continues() -> None:
-    raising = Raising()
-    bus = make_bus(raising)
-    stream = bus.stream(capacity=100)
-    for _ in range(3):
-        bus.publish(ev())
-    await bus.close(GUARD)
-    panics = [e for e in await collect(stream) if e.kind is PANICKED]
-    assert [(e.task, e.reason) for e in panics] == [
-        ("raising", "RuntimeError: boom 1"),
-        ("raising", "RuntimeError: boom 2"),
-        ("raising", "RuntimeError: boom 3"),
-    ]
-    # It went on after each failure, and also saw its own panic events (which raise again
-    # but publish nothing more).
-    assert raising.calls == 6
-
-
-async def test_close_drains_queued_events() -> None:
-    class Slow(Subscriber):
-        queue_capacity = 128
-
-        def __init__(self) -> None:
-            self.count = 0
-
-        async def on_event(self, event: Event) -> None:
-            await asyncio.sleep(0)
-            self.count += 1
-
-    slow = Slow()
-    bus = make_bus(slow)
-    for _ in range(10):
-        bus.publish(ev())
-    await bus.close(GUARD)
-    assert slow.count == 10
-
-
 # ---------------------------------------------------------------- publishing never blocks
 
 
-def test_publish_is_a_plain_method() -> None:
-    assert not inspect.iscoroutinefunction(Bus.publish)
-    bus = Bus([as_subscriber(Counting())])
-    bus.publish(ev())  # works even before the workers exist (no loop needed)
-    assert inspect.signature(Bus.publish).return_annotation in (None, "None")
-
-
-async def test_a_subscriber_blocked_forever_does_not_delay_publish() -> None:
+async def test_a_subscriber_awaiting_forever_delays_no_task_and_no_other_subscriber() -> None:
     stuck = Gated("stuck", capacity=10)  # its gate never opens
-    fast = Recorder()
-    bus = make_bus(stuck, fast)
-    bus.publish(ev())
+    fast = EventRecorder()
+    sup = tv.Supervisor(quiet(subscriber_shutdown_timeout=0.05), subscribers=[stuck, fast])
+    loop = asyncio.get_running_loop()
     async with asyncio.timeout(GUARD):
-        await stuck.entered.wait()  # the stuck worker holds event 1 in on_event
-    for _ in range(100):
-        bus.publish(ev())  # synchronous: each call has returned when the loop goes on
-    await fast.wait_for(EventKind.ATTEMPT_STARTING, count=101)
-    await bus.close(0.05)
-    # 10 fit in the stuck queue, 90 overflowed; the fast one saw every event and every
-    # overflow report, the stuck one nothing at all.
-    assert len(ordinary(fast.events)) == 101
-    overflows = fast.of(OVERFLOW)
-    assert len(overflows) == 90
-    assert {(e.task, e.reason) for e in overflows} == {("stuck", "full")}
-    assert stuck.seen == []
+        async with sup:
+            handles = [sup.add(spec) for spec in once(20)]  # plain calls: each has returned
+            outcomes = [await h for h in handles]
+            await fast.wait_for(EventKind.TASK_REMOVED, count=20)
+            assert stuck.entered.is_set()  # it holds its first event in on_event, forever
+            assert len(ordinary(fast.events)) == 20 * PER_TASK
+            started = loop.time()
+        # The shutdown gave up on it at its drain deadline instead of waiting.
+        assert loop.time() - started < GUARD / 2
+    assert all(o.ok for o in outcomes)
+    assert len(ordinary(fast.events)) == 20 * PER_TASK + CLOSING
+    assert stuck.events == []
+    overflows = fast.select(OVERFLOW, task="stuck")
+    assert overflows
+    assert overflows[0].reason == "full"
+    assert not fast.select(OVERFLOW, task="EventRecorder")
 
 
-async def test_a_blocking_subscriber_stuck_in_its_thread_delays_neither_publish_nor_close() -> None:
+async def test_a_blocking_subscriber_stuck_in_its_thread_delays_neither_tasks_nor_shutdown() -> (
+    None
+):
     release = threading.Event()
     entered = threading.Event()
 
@@ -202,35 +157,46 @@ async def test_a_blocking_subscriber_stuck_in_its_thread_delays_neither_publish_
             entered.set()
             release.wait(GUARD)
 
-    fast = Recorder()
-    bus = make_bus(StuckThread(), fast)
+    fast = EventRecorder()
+    sup = tv.Supervisor(quiet(subscriber_shutdown_timeout=0.1), subscribers=[StuckThread(), fast])
+    loop = asyncio.get_running_loop()
     try:
-        bus.publish(ev())
-        for _ in range(20):
-            bus.publish(ev())
-        await fast.wait_for(EventKind.ATTEMPT_STARTING, count=21)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await bus.close(0.1)
-        assert loop.time() - started < GUARD / 2  # a thread cannot be killed; close moves on
+        async with asyncio.timeout(GUARD):
+            async with sup:
+                outcomes = [await h for h in [sup.add(spec) for spec in once(10)]]
+                await fast.wait_for(EventKind.TASK_REMOVED, count=10)
+                started = loop.time()
+            assert loop.time() - started < GUARD / 2  # a thread cannot be killed; it moves on
     finally:
         release.set()
+    assert all(o.ok for o in outcomes)
     assert entered.is_set()
-    assert len(fast.of(OVERFLOW, "StuckThread")) >= 15
+    assert len(ordinary(fast.events)) == 10 * PER_TASK + CLOSING
+    assert fast.select(OVERFLOW, task="StuckThread")[0].reason == "full"
+
+
+async def test_the_outcome_never_depends_on_a_subscriber() -> None:
+    stuck = Gated("stuck", capacity=1)
+    sup = tv.Supervisor(quiet(subscriber_shutdown_timeout=0.1), subscribers=[stuck, Raising()])
+    stream = sup.events()
+    async with asyncio.timeout(GUARD):
+        async with sup:
+            outcome = await sup.add(tv.TaskSpec.once("job", noop))
+    assert outcome.ok
+    events = [e async for e in stream]
+    assert any(e.kind is OVERFLOW and e.task == "stuck" for e in events)
+    assert any(e.kind is PANICKED and e.task == "raising" for e in events)
 
 
 # ---------------------------------------------------------------- order and isolation
 
 
 async def test_each_subscriber_sees_events_in_publish_order() -> None:
-    class Yielding(Subscriber):
-        def __init__(self) -> None:
-            self.seen: list[int] = []
-
-        async def on_event(self, event: Event) -> None:
+    class Yielding(Named):
+        async def on_event(self, event: Event) -> None:  # type: ignore[override]
             if event.seq % 3 == 0:
-                await asyncio.sleep(0)
-            self.seen.append(event.seq)
+                await asyncio.sleep(0)  # its own work takes a loop iteration now and then
+            super().on_event(event)
 
     class Threaded(Subscriber):
         blocking = True
@@ -241,189 +207,184 @@ async def test_each_subscriber_sees_events_in_publish_order() -> None:
         def on_event(self, event: Event) -> None:
             self.seen.append(event.seq)
 
-    sync, yielding, threaded = Counting(), Yielding(), Threaded()
-    bus = make_bus(sync, yielding, threaded)
-    published: list[int] = []
-    for burst in range(30):
-        for _ in range(burst % 7 + 1):
-            e = ev()
-            published.append(e.seq)
-            bus.publish(e)
-        await asyncio.sleep(0)  # let workers interleave with publishing
-    await bus.close(GUARD)
-    assert [e.seq for e in sync.seen] == published
-    assert yielding.seen == published
+    witness, sync, yielding, threaded = EventRecorder(), Named("sync"), Yielding("y"), Threaded()
+    flaky_left = {"flaky": 2}
+
+    async def flaky() -> None:
+        if flaky_left["flaky"]:
+            flaky_left["flaky"] -= 1
+            raise tv.Fail("not yet")
+
+    sup = tv.Supervisor(quiet(), subscribers=[witness, sync, yielding, threaded])
+    async with asyncio.timeout(GUARD):
+        async with sup:
+            flaky_handle = sup.add(
+                tv.TaskSpec.restartable("flaky", flaky, backoff=tv.BackoffPolicy.constant(0.001))
+            )
+            for burst in range(12):  # bursts of 1..4 tasks, each awaited before the next
+                handles = [sup.add(s) for s in once(burst % 4 + 1, f"b{burst}-")]
+                for h in handles:
+                    await h
+            assert (await flaky_handle).ok
+    published = seqs(witness.events)
+    assert strictly_increasing(published)
+    assert len(ordinary(witness.events)) == len(published)  # nothing was dropped anywhere
+    assert seqs(sync.events) == published
+    assert seqs(yielding.events) == published
     assert threaded.seen == published
 
 
 async def test_slow_and_raising_subscribers_do_not_affect_others() -> None:
-    slow, raising, fast = Gated("slow"), Raising(), Recorder()
-    raising.queue_capacity = 1024
-    bus = make_bus(slow, raising, fast)
-    published = [ev() for _ in range(50)]
-    for e in published:
-        bus.publish(e)
-    await fast.wait_for(PANICKED, count=50)  # the raising one kept going after each failure
-    assert ordinary(fast.events) == published  # while the slow one is still on its first
-    assert slow.seen == []
-    slow.gate.set()
-    await bus.close(GUARD)
-    assert ordinary(slow.seen) == published
-    assert fast.of(OVERFLOW) == []
-
-
-async def test_full_queue_drops_for_that_subscriber_only() -> None:
-    small, big = Counting(capacity=3), Counting(capacity=100)
-    bus = make_bus(small, big)
-    stream = bus.stream()
-    published = [ev() for _ in range(10)]
-    for e in published:
-        bus.publish(e)
-    await bus.close(GUARD)
-    assert small.seen == published[:3]
-    assert ordinary(big.seen) == published
-    events = await collect(stream)
-    assert [(e.task, e.reason) for e in events if e.kind is OVERFLOW] == [("Counting", "full")] * 7
-
-
-async def test_overflow_reason_closed_after_the_worker_stopped() -> None:
-    counting = Counting()
-    bus = make_bus(counting)
-    stream = bus.stream()
-    await bus.close(GUARD)
-    late = ev()
-    bus.publish(late)
-    events = await collect(stream)
-    assert events[0] is late
-    assert [(e.kind, e.task, e.reason) for e in events[1:]] == [(OVERFLOW, "Counting", "closed")]
-    assert counting.seen == []
-
-
-async def test_close_with_zero_timeout_drops_what_is_queued() -> None:
-    stuck = Gated("stuck")
-    bus = make_bus(stuck)
-    stream = bus.stream()
-    for _ in range(3):
-        bus.publish(ev())
-    await bus.close(0)
-    bus.publish(ev())
-    events = await collect(stream)
-    assert stuck.seen == []
-    assert [(e.task, e.reason) for e in events if e.kind is OVERFLOW] == [("stuck", "closed")]
-
-
-async def test_a_worker_that_swallows_cancellation_is_closed_all_the_same() -> None:
-    release = asyncio.Event()
-
-    class Stubborn(Subscriber):
-        def __init__(self) -> None:
-            self.seen: list[Event] = []
-
-        async def on_event(self, event: Event) -> None:
-            self.seen.append(event)
-            if len(self.seen) > 1:
-                return
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                await release.wait()  # swallows the close's cancellation and keeps going
-
-    stubborn = Stubborn()
-    bus = make_bus(stubborn)
-    stream = bus.stream()
-    for _ in range(3):
-        bus.publish(ev())
+    slow, raising, fast = Gated("slow"), Raising(), EventRecorder()
+    sup = tv.Supervisor(quiet(), subscribers=[slow, raising, fast])
     async with asyncio.timeout(GUARD):
-        await bus.close(0.05)  # gives up on it instead of hanging
-    bus.publish(ev())
-    release.set()
+        async with sup:
+            for h in [sup.add(s) for s in once(8)]:
+                await h
+            n = 8 * PER_TASK
+            # The raising one went on after each failure: one panic per event it was given.
+            await fast.wait_for(PANICKED, count=n)
+            assert len(ordinary(fast.events)) == n
+            assert slow.entered.is_set()
+            assert slow.events == []  # while the slow one is still on its first
+            slow.gate.set()
+    assert ordinary(slow.events) == ordinary(fast.events)
+    assert len(ordinary(fast.events)) == n + CLOSING
+    assert not fast.select(OVERFLOW)
+
+
+async def test_a_full_queue_drops_for_that_subscriber_only() -> None:
+    small, big = Gated("small", capacity=3), EventRecorder()
+    sup = tv.Supervisor(quiet(), subscribers=[small, big])
     async with asyncio.timeout(GUARD):
-        await asyncio.gather(*bus._workers)
-    events = await collect(stream)
-    assert len(stubborn.seen) == 1  # the rest of its queue was dropped
-    assert [(e.task, e.reason) for e in events if e.kind is OVERFLOW] == [("Stubborn", "closed")]
+        async with sup:
+            for h in [sup.add(s) for s in once(10)]:
+                await h
+            await big.wait_for(EventKind.TASK_REMOVED, count=10)
+            small.gate.set()
+    everything = ordinary(big.events)
+    assert len(everything) == 10 * PER_TASK + CLOSING  # the big one lost nothing
+    got = ordinary(small.events)
+    assert 0 < len(got) < len(everything)
+    assert set(seqs(got)) <= set(seqs(everything))
+    assert strictly_increasing(seqs(got))  # what it got, it got in order
+    overflows = big.select(OVERFLOW)
+    assert {e.task for e in overflows} == {"small"}
+    assert overflows[0].reason == "full"
 
 
-# ---------------------------------------------------------------- no storms
+# ---------------------------------------------------------------- panics and no storms
+
+
+async def test_a_raising_subscriber_is_reported_per_event_and_goes_on() -> None:
+    raising, witness = Raising(), EventRecorder()
+    sup = tv.Supervisor(quiet(), subscribers=[raising, witness])
+    async with asyncio.timeout(GUARD):
+        async with sup:
+            for h in [sup.add(s) for s in once(3)]:
+                await h
+            n = 3 * PER_TASK
+            await witness.wait_for(PANICKED, count=n)
+            # It also receives its own panic reports; raising on those reports nothing more.
+            await raising.wait_for(PANICKED, count=n)
+            assert raising.calls == 2 * n
+            assert len(witness.select(PANICKED)) == n
+    panics = witness.select(PANICKED)
+    assert {e.task for e in panics} == {"raising"}
+    assert len(panics) == len(ordinary(witness.events))  # the closing events' too
+    assert all(e.reason is not None and e.reason.startswith("RuntimeError: boom ") for e in panics)
+    assert len({e.reason for e in panics}) == len(panics)  # one report per failing call
 
 
 async def test_a_subscriber_raising_on_everything_cannot_start_a_storm() -> None:
-    # Two of them, with tiny queues: panics and overflows about each other must not feed back.
-    a, b = Raising("a"), Raising("b")
-    a.queue_capacity = b.queue_capacity = 2
-    bus = make_bus(a, b)
-    stream = bus.stream(capacity=10_000)
-    n = 50
-    for _ in range(n):
-        bus.publish(ev())
-    await bus.close(GUARD)
-    events = await collect(stream)
-    # Each ordinary event gives at most one panic (if it was queued) or one overflow (if it was
-    # not) per subscriber; diagnostics give nothing more.
-    assert len(ordinary(events)) == n
+    # Two of them, with tiny queues, and a burst: panics and overflows about each other
+    # must not feed back. Each ordinary event gives at most one report per subscriber.
+    a, b = Raising("a", capacity=2), Raising("b", capacity=2)
+    witness = EventRecorder()
+    sup = tv.Supervisor(quiet(), subscribers=[a, b, witness])
+    async with asyncio.timeout(GUARD):
+        async with sup:
+            handles = [sup.add(s) for s in once(20)]  # 40 events in one loop iteration
+            for h in handles:
+                await h
+    events = witness.events
+    n = len(ordinary(events))
+    assert n == 20 * PER_TASK + CLOSING
     for name in ("a", "b"):
-        panics = [e for e in events if e.kind is PANICKED and e.task == name]
-        overflows = [e for e in events if e.kind is OVERFLOW and e.task == name]
-        assert len(panics) == 2
-        assert len(overflows) == n - 2
-    assert len(events) == n + 2 * (2 + n - 2)
+        about = [e for e in events if e.is_diagnostic and e.task == name]
+        assert 1 <= len(about) <= n, (name, len(about))
+        assert witness.select(PANICKED, task=name)
+        assert witness.select(OVERFLOW, task=name)  # the burst did overflow it
+    assert not witness.select(OVERFLOW, task="EventRecorder")
 
 
 async def test_a_subscriber_raising_cancelled_error_is_a_panic_not_a_dead_worker() -> None:
-    class Cancelling(Subscriber):
+    class Cancelling(Named):
         def __init__(self) -> None:
+            super().__init__("Cancelling")
             self.calls = 0
 
-        async def on_event(self, event: Event) -> None:
+        async def on_event(self, event: Event) -> None:  # type: ignore[override]
             self.calls += 1
+            super().on_event(event)
             if not event.is_diagnostic:
                 raise asyncio.CancelledError
 
-    cancelling = Cancelling()
-    bus = make_bus(cancelling)
-    stream = bus.stream()
-    for _ in range(3):
-        bus.publish(ev())
-    await bus.close(GUARD)
-    panics = [e for e in await collect(stream) if e.kind is PANICKED]
-    assert [(e.task, e.reason) for e in panics] == [("Cancelling", "CancelledError: ")] * 3
-    assert cancelling.calls == 6
+    cancelling, witness = Cancelling(), EventRecorder()
+    sup = tv.Supervisor(quiet(), subscribers=[cancelling, witness])
+    async with asyncio.timeout(GUARD):
+        async with sup:
+            for h in [sup.add(s) for s in once(3)]:
+                await h
+            n = 3 * PER_TASK
+            await cancelling.wait_for(PANICKED, count=n)  # still alive to receive its reports
+            assert cancelling.calls == 2 * n
+    panics = witness.select(PANICKED)
+    assert len(panics) == len(ordinary(witness.events))
+    assert {(e.task, e.reason) for e in panics} == {("Cancelling", "CancelledError: ")}
+
+
+async def test_a_raising_sync_subscriber_does_not_disturb_its_sync_neighbours() -> None:
+    raising, plain, witness = Raising(), Plain(), EventRecorder()
+    await run(once(5), [raising, plain, witness])
+    assert ordinary(plain.seen) == ordinary(witness.events)
+    assert len(ordinary(plain.seen)) == 5 * PER_TASK + CLOSING
+    assert sum(e.kind is PANICKED for e in plain.seen) >= 5 * PER_TASK
 
 
 # ---------------------------------------------------------------- forms of subscribers
 
 
-async def test_async_and_sync_on_event() -> None:
-    class AsyncSub(Subscriber):
-        def __init__(self) -> None:
-            self.seen: list[Event] = []
+async def test_a_sync_on_event_runs_on_the_loop_thread_like_an_async_one() -> None:
+    loop_thread = threading.get_ident()
 
-        async def on_event(self, event: Event) -> None:
+    class AsyncSub(Named):
+        def __init__(self) -> None:
+            super().__init__("async")
+            self.threads: set[int] = set()
+
+        async def on_event(self, event: Event) -> None:  # type: ignore[override]
             await asyncio.sleep(0)
-            self.seen.append(event)
+            self.threads.add(threading.get_ident())
+            super().on_event(event)
 
-    class SyncSub(Subscriber):
+    class SyncSub(Named):
         def __init__(self) -> None:
-            self.seen: list[Event] = []
+            super().__init__("sync")
             self.threads: set[int] = set()
 
         def on_event(self, event: Event) -> None:
             self.threads.add(threading.get_ident())
-            self.seen.append(event)
+            super().on_event(event)
 
     asub, ssub = AsyncSub(), SyncSub()
-    assert as_subscriber(asub).is_async
-    assert not as_subscriber(ssub).is_async
-    bus = make_bus(asub, ssub)
-    published = [ev() for _ in range(5)]
-    for e in published:
-        bus.publish(e)
-    await bus.close(GUARD)
-    assert asub.seen == ssub.seen == published
-    assert ssub.threads == {threading.get_ident()}  # a sync on_event runs on the loop
+    await run(once(3), [asub, ssub])
+    assert len(ssub.events) == 3 * PER_TASK + CLOSING
+    assert asub.events == ssub.events
+    assert ssub.threads == asub.threads == {loop_thread}
 
 
-async def test_blocking_subscriber_runs_on_a_dedicated_thread() -> None:
+async def test_a_blocking_subscriber_runs_on_a_dedicated_thread_of_its_own() -> None:
     class Blocking(Subscriber):
         blocking = True
 
@@ -439,18 +400,15 @@ async def test_blocking_subscriber_runs_on_a_dedicated_thread() -> None:
             self.threads.append(threading.get_ident())
 
     one, two = Blocking("one"), Blocking("two")
-    bus = make_bus(one, two)
-    for _ in range(5):
-        bus.publish(ev())
-    await bus.close(GUARD)
-    loop_thread = threading.get_ident()
-    assert len(one.threads) == len(two.threads) == 5
+    await run(once(3), [one, two])
+    n = 3 * PER_TASK + CLOSING
+    assert len(one.threads) == len(two.threads) == n
     assert len(set(one.threads)) == len(set(two.threads)) == 1  # always its own one thread
-    assert loop_thread not in one.threads + two.threads
+    assert threading.get_ident() not in one.threads + two.threads
     assert set(one.threads) != set(two.threads)
 
 
-async def test_plain_functions_are_accepted() -> None:
+async def test_plain_functions_are_accepted_in_each_form() -> None:
     sync_seen: list[Event] = []
     async_seen: list[Event] = []
     returned_seen: list[Event] = []
@@ -468,28 +426,60 @@ async def test_plain_functions_are_accepted() -> None:
     def returns_awaitable(event: Event) -> Awaitable[None]:
         return record(event)  # a sync callable handing back an awaitable: it is awaited
 
-    refs = [as_subscriber(f) for f in (on_sync, on_async, returns_awaitable)]
-    assert [r.name for r in refs] == ["on_sync", "on_async", "returns_awaitable"]
-    bus = make_bus(on_sync, on_async, returns_awaitable)
-    published = [ev() for _ in range(3)]
-    for e in published:
-        bus.publish(e)
-    await bus.close(GUARD)
-    assert sync_seen == async_seen == returned_seen == published
+    witness = EventRecorder()
+    await run(once(3), [on_sync, on_async, returns_awaitable, witness])
+    assert len(witness.events) == 3 * PER_TASK + CLOSING
+    assert sync_seen == async_seen == returned_seen == witness.events
 
 
-async def test_plain_functions_through_the_supervisor() -> None:
+async def test_a_plain_function_is_named_after_itself() -> None:
+    def on_sync(event: Event) -> None:
+        if event.kind is EventKind.TASK_ADDED:
+            raise ValueError("sync")
+
+    async def on_async(event: Event) -> None:
+        if event.kind is EventKind.TASK_ADDED:
+            raise ValueError("async")
+
+    witness = EventRecorder()
+    await run(once(1), [on_sync, on_async, witness])
+    assert {(e.task, e.reason) for e in witness.select(PANICKED)} == {
+        ("on_sync", "ValueError: sync"),
+        ("on_async", "ValueError: async"),
+    }
+
+
+async def test_a_lambda_through_the_supervisor() -> None:
     seen: list[EventKind] = []
-    config = tv.SupervisorConfig(handle_signals=False)
-    sup = tv.Supervisor(config=config, subscribers=[lambda e: seen.append(e.kind)])
-
-    async def work() -> None:
-        pass
-
+    sup = tv.Supervisor(config=quiet(), subscribers=[lambda e: seen.append(e.kind)])
     async with asyncio.timeout(GUARD):
-        await sup.run([tv.TaskSpec.once("job", work)])
+        await sup.run([tv.TaskSpec.once("job", noop)])
     assert EventKind.TASK_FINISHED in seen
     assert seen[-1] is EventKind.ALL_STOPPED_WITHIN_GRACE
+
+
+async def test_names_default_to_the_class_name() -> None:
+    class Metrics(Subscriber):
+        def on_event(self, event: Event) -> None:
+            if event.kind is EventKind.TASK_ADDED:
+                raise ValueError("m")
+
+    class Duck:  # not a Subscriber subclass: any object with on_event will do
+        def on_event(self, event: Event) -> None:
+            if event.kind is EventKind.TASK_ADDED:
+                raise ValueError("d")
+
+    class Custom(Subscriber):
+        name = "custom"
+
+        def on_event(self, event: Event) -> None:
+            if event.kind is EventKind.TASK_ADDED:
+                raise ValueError("c")
+
+    assert Metrics().name == "Metrics"
+    witness = EventRecorder()
+    await run(once(1), [Metrics(), Duck(), Custom(), witness])
+    assert {e.task for e in witness.select(PANICKED)} == {"Metrics", "Duck", "custom"}
 
 
 class NoOnEvent:
@@ -532,7 +522,7 @@ class BadName:
         (NotCallableOnEvent(), "on_event"),
         (None, "on_event"),
         (42, "on_event"),
-        (Counting, "instance"),
+        (Plain, "instance"),
         (NotOverridden(), "override on_event"),
         (AsyncBlocking(), "blocking"),
         (BadCapacity(), "queue_capacity"),
@@ -543,227 +533,321 @@ def test_bad_subscribers_are_refused_when_the_supervisor_is_built(
     subscriber: object, match: str
 ) -> None:
     with pytest.raises(TypeError, match=match):
-        tv.Supervisor(subscribers=[Counting(), subscriber])
+        tv.Supervisor(subscribers=[Plain(), subscriber])
 
 
 def test_subscribers_must_be_an_iterable() -> None:
     with pytest.raises(TypeError, match="subscribers"):
-        tv.Supervisor(subscribers=Counting())  # type: ignore[arg-type]
+        tv.Supervisor(subscribers=Plain())  # type: ignore[arg-type]
+
+
+async def burst(subscribers: list[object], n: int) -> None:
+    """``n`` synchronous ``add`` calls in one loop iteration (2n events at once), then wait."""
+    sup = tv.Supervisor(quiet(), subscribers=subscribers)
+    async with asyncio.timeout(GUARD):
+        async with sup:
+            handles = [sup.add(s) for s in once(n)]
+            for h in handles:
+                await h
 
 
 @pytest.mark.parametrize("capacity", [0, -5])
 async def test_queue_capacity_is_clamped_to_one(capacity: int) -> None:
-    counting = Counting(capacity=capacity)
-    assert as_subscriber(counting).capacity == 1
-    bus = make_bus(counting)
-    stream = bus.stream()
-    published = [ev() for _ in range(3)]
-    for e in published:
-        bus.publish(e)
-    await bus.close(GUARD)
-    assert counting.seen == published[:1]
-    assert len([e for e in await collect(stream) if e.kind is OVERFLOW]) == 2
+    # Side by side, fed the same events, a subscriber of capacity <= 0 gets exactly what one of
+    # capacity 1 gets: some events (not none), far from all.
+    one, clamped, witness = Named("one", capacity=1), Named("clamped", capacity), EventRecorder()
+    await burst([one, clamped, witness], 30)
+    everything = ordinary(witness.events)
+    assert ordinary(clamped.events) == ordinary(one.events)
+    assert 0 < len(ordinary(one.events)) < len(everything)
+    assert witness.select(OVERFLOW, task="clamped")
 
 
-def test_default_queue_capacity() -> None:
+async def test_the_default_queue_capacity_is_1024() -> None:
     assert Subscriber.queue_capacity == 1024
-    assert as_subscriber(lambda e: None).capacity == 1024
+    got: list[Event] = []
+    at_1024, at_1023, witness = Named("1024", 1024), Named("1023", 1023), EventRecorder()
+    # 600 adds: 1200 events in one loop iteration, more than any of these can hold.
+    await burst([got.append, at_1024, at_1023, witness], 600)
+    assert witness.select(OVERFLOW, task="1024")
+    assert ordinary(got) == ordinary(at_1024.events)  # a plain function gets the default
+    assert ordinary(at_1023.events) != ordinary(at_1024.events)
 
 
-async def test_name_defaults_to_the_class_name() -> None:
-    class Metrics(Subscriber):
-        queue_capacity = 1
-
-        def on_event(self, event: Event) -> None:
-            pass
-
-    class Duck:  # not a Subscriber subclass: any object with on_event will do
-        queue_capacity = 1
-
-        def on_event(self, event: Event) -> None:
-            pass
-
-    class Named(Subscriber):
-        name = "custom"
-        queue_capacity = 1
-
-        def on_event(self, event: Event) -> None:
-            pass
-
-    assert Metrics().name == "Metrics"
-    assert [as_subscriber(s).name for s in (Metrics(), Duck(), Named())] == [
-        "Metrics",
-        "Duck",
-        "custom",
-    ]
-    bus = make_bus(Metrics(), Duck(), Named())
-    stream = bus.stream()
-    bus.publish(ev())
-    bus.publish(ev())
-    await bus.close(GUARD)
-    overflowed = {e.task for e in await collect(stream) if e.kind is OVERFLOW}
-    assert overflowed == {"Metrics", "Duck", "custom"}
+# ---------------------------------------------------------------- shutdown drains
 
 
-# ---------------------------------------------------------------- close
-
-
-async def test_close_drains_every_queue_under_one_shared_deadline() -> None:
-    per_event, events, timeout = 0.1, 50, 0.3
-
-    class Slow(Subscriber):
-        def __init__(self, name: str) -> None:
-            self._name = name
-            self.done = 0
-
-        @property
-        def name(self) -> str:
-            return self._name
+async def test_final_events_reach_every_subscriber_with_room() -> None:
+    class Slowish(Subscriber):
+        def __init__(self) -> None:
+            self.kinds: list[EventKind] = []
 
         async def on_event(self, event: Event) -> None:
+            await asyncio.sleep(0)
+            self.kinds.append(event.kind)
+
+    class Threaded(Slowish):
+        blocking = True
+
+        def on_event(self, event: Event) -> None:  # type: ignore[override]
+            self.kinds.append(event.kind)
+
+    recorder, slowish, threaded, plain = EventRecorder(), Slowish(), Threaded(), Plain()
+    await run(once(5), [recorder, slowish, threaded, plain])
+    for kinds in (
+        [e.kind for e in recorder.events],
+        slowish.kinds,
+        threaded.kinds,
+        [e.kind for e in plain.seen],
+    ):
+        assert len(kinds) == 5 * PER_TASK + CLOSING
+        assert kinds.count(EventKind.TASK_REMOVED) == 5
+        assert kinds[-2:] == [EventKind.SHUTDOWN_REQUESTED, EventKind.ALL_STOPPED_WITHIN_GRACE]
+
+
+async def test_grace_exceeded_and_the_last_task_removed_reach_every_subscriber() -> None:
+    async def stubborn(ctx: tv.TaskContext) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # outlives its grace; the force-stop ends it
+            raise
+
+    class Slowish(Subscriber):
+        def __init__(self) -> None:
+            self.kinds: list[EventKind] = []
+
+        async def on_event(self, event: Event) -> None:
+            await asyncio.sleep(0)
+            self.kinds.append(event.kind)
+
+    recorder, slowish, plain = EventRecorder(), Slowish(), Plain()
+    sup = tv.Supervisor(quiet(grace=0.01), subscribers=[recorder, slowish, plain])
+    async with asyncio.timeout(GUARD):
+        async with sup:
+            sup.add(tv.TaskSpec.once("stubborn", stubborn))
+            await recorder.wait_for(EventKind.ATTEMPT_STARTING, task="stubborn")
+        report = await sup.shutdown()
+    assert report.grace_exceeded
+    assert report.stuck == ("stubborn",)
+    for kinds in ([e.kind for e in recorder.events], slowish.kinds, [e.kind for e in plain.seen]):
+        assert EventKind.GRACE_EXCEEDED in kinds
+        assert kinds.count(EventKind.TASK_REMOVED) == 1
+        assert kinds[-1] in (EventKind.GRACE_EXCEEDED, EventKind.TASK_REMOVED)
+        assert kinds == [e.kind for e in recorder.events]
+
+
+async def test_shutdown_drains_every_queue_under_one_shared_deadline() -> None:
+    per_event, timeout, subscribers = 0.05, 0.3, 6
+
+    class Slow(Named):
+        def __init__(self, name: str) -> None:
+            super().__init__(name)
+            self.done = 0
+
+        async def on_event(self, event: Event) -> None:  # type: ignore[override]
             await asyncio.sleep(per_event)  # this subscriber's own work, not a synchronisation
             self.done += 1
 
-    subs = [Slow(f"slow{i}") for i in range(4)]
-    bus = make_bus(*subs)
-    for _ in range(events):  # each needs 50 × 0.1 s = 5 s, far more than the timeout
-        bus.publish(ev())
+    subs = [Slow(f"slow{i}") for i in range(subscribers)]
+    sup = tv.Supervisor(quiet(subscriber_shutdown_timeout=timeout), subscribers=subs)
     loop = asyncio.get_running_loop()
-    started = loop.time()
-    await bus.close(timeout)
+    async with asyncio.timeout(GUARD):
+        await sup.start()
+        for h in [sup.add(s) for s in once(10)]:  # 60 events: 3 s of work for each of them
+            await h
+        started = loop.time()
+        await sup.shutdown()
     elapsed = loop.time() - started
-    # One deadline for all: about `timeout`, while a timeout per subscriber would take 4 ×.
-    assert elapsed < 3 * timeout
+    # One deadline for all: about `timeout`, where one per subscriber would take 6 x as long.
+    assert elapsed < 1.0, elapsed
     # They drained side by side, each got some work done, and what was left was dropped.
-    assert all(1 <= s.done < events for s in subs), [s.done for s in subs]
+    assert all(1 <= s.done < 10 * PER_TASK for s in subs), [s.done for s in subs]
 
 
-async def test_close_is_idempotent_and_concurrent_calls_share_it() -> None:
-    slow = Gated("slow")
-    bus = make_bus(slow)
-    for _ in range(3):
-        bus.publish(ev())
-    closers = [asyncio.ensure_future(bus.close(GUARD)) for _ in range(3)]
-    await asyncio.sleep(0)
-    assert not any(c.done() for c in closers)  # all wait for the one drain
-    slow.gate.set()
+async def test_a_subscriber_swallowing_cancellation_does_not_hold_up_the_shutdown() -> None:
+    release = asyncio.Event()
+    finished = asyncio.Event()
+
+    class Stubborn(Subscriber):
+        def __init__(self) -> None:
+            self.seen: list[Event] = []
+
+        async def on_event(self, event: Event) -> None:
+            self.seen.append(event)
+            if len(self.seen) > 1:
+                return
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                await release.wait()  # swallows the drain's cancellation and keeps going
+                finished.set()
+
+    stubborn = Stubborn()
+    sup = tv.Supervisor(quiet(subscriber_shutdown_timeout=0.05), subscribers=[stubborn])
     async with asyncio.timeout(GUARD):
-        await asyncio.gather(*closers)
-        await bus.close(GUARD)  # and once more, after the fact
-    assert len(slow.seen) == 3
-
-
-async def test_close_of_a_bus_never_started() -> None:
-    bus = Bus([as_subscriber(Counting())])
+        await sup.run(once(3))  # returns: the drain gave up on it instead of hanging
+    release.set()
     async with asyncio.timeout(GUARD):
-        await bus.close(GUARD)
-    assert bus.listening  # a plain subscriber channel stays (every publish reports "closed")
+        await finished.wait()
+    assert len(stubborn.seen) == 1  # the rest of its queue was dropped
 
 
-# ---------------------------------------------------------------- EventStream
-
-
-async def test_stream_is_subscribed_when_created() -> None:
-    bus = make_bus()
-    bus.publish(ev())  # before the stream: not seen
-    stream = bus.stream()
-    published = [ev() for _ in range(10)]
-    for e in published:
-        bus.publish(e)  # nobody iterates yet: nothing is missed
-    await bus.close(GUARD)
-    assert await collect(stream) == published
-
-
-async def test_stream_delivers_while_iterated_and_ends_after_close() -> None:
-    bus = make_bus()
-    stream = bus.stream()
-    got: list[Event] = []
-    first = asyncio.Event()
-
-    async def consume() -> None:
-        async for e in stream:
-            got.append(e)
-            first.set()
-
-    consumer = asyncio.ensure_future(consume())
-    published = [ev()]
-    bus.publish(published[0])
+async def test_shutdown_is_shared_idempotent_and_waits_for_the_drain() -> None:
+    slow, witness = Gated("slow"), EventRecorder()
+    sup = tv.Supervisor(quiet(subscriber_shutdown_timeout=GUARD), subscribers=[slow, witness])
     async with asyncio.timeout(GUARD):
-        await first.wait()
-    published += [ev(), ev()]
-    for e in published[1:]:
-        bus.publish(e)
-    await bus.close(GUARD)
+        await sup.start()
+        for h in [sup.add(s) for s in once(2)]:
+            await h
+        closers = [asyncio.ensure_future(sup.shutdown()) for _ in range(3)]
+        await witness.wait_for(EventKind.ALL_STOPPED_WITHIN_GRACE)  # the drain has begun
+        assert not any(c.done() for c in closers)  # all wait for the one drain
+        slow.gate.set()
+        reports = await asyncio.gather(*closers)
+        again = await sup.shutdown()  # and once more, after the fact
+    assert all(r == again for r in reports)
+    assert ordinary(slow.events) == ordinary(witness.events)
+    assert len(ordinary(slow.events)) == 2 * PER_TASK + CLOSING
+
+
+async def test_shutdown_of_a_supervisor_never_started() -> None:
+    witness = EventRecorder()
+    sup = tv.Supervisor(quiet(), subscribers=[witness])
     async with asyncio.timeout(GUARD):
-        await consumer  # the iteration ends by itself
-    assert got == published
-    assert not bus.listening  # an ended stream unsubscribes
+        report = await sup.shutdown()
+        assert await sup.shutdown() == report
+    assert not report.grace_exceeded
+    assert [e.kind for e in witness.events] == [
+        EventKind.SHUTDOWN_REQUESTED,
+        EventKind.ALL_STOPPED_WITHIN_GRACE,
+    ]
+    with pytest.raises(tv.SupervisorClosed):
+        sup.add(tv.TaskSpec.once("late", noop))
 
 
-async def test_stream_aclose_stops_the_iteration() -> None:
-    bus = make_bus()
-    stream = bus.stream()
-    waiting = asyncio.ensure_future(anext(stream, None))
-    await asyncio.sleep(0)
-    assert not waiting.done()
-    await stream.aclose()
+# ---------------------------------------------------------------- sync subscribers
+
+
+async def test_sync_subscribers_of_different_capacities_each_lose_only_their_own_excess() -> None:
+    small, medium, big = Named("small", 2), Named("medium", 5), Named("big", 100_000)
+    await burst([small, medium, big], 20)
+    everything = ordinary(big.events)
+    assert len(everything) == 20 * PER_TASK + CLOSING
+    for sub in (small, medium):
+        got = ordinary(sub.events)
+        assert set(seqs(got)) < set(seqs(everything))
+        assert strictly_increasing(seqs(got))
+        assert big.select(OVERFLOW, task=sub.name)
+    # Each burst starts with 20 TASK_ADD_REQUESTED: the first ones fill each queue.
+    assert ordinary(small.events)[:2] == everything[:2]
+    assert ordinary(medium.events)[:2] == everything[:2]
+    assert len(ordinary(small.events)) <= len(ordinary(medium.events))
+    assert not big.select(OVERFLOW, task="big")
+
+
+async def test_a_sync_subscriber_gets_room_again_after_each_delivery() -> None:
+    # It wants TASK_ADD_REQUESTED only and has room for 2; three bursts of 3 adds each.
+    small = Only(EventKind.TASK_ADD_REQUESTED, capacity=2)
+    witness = EventRecorder()
+    sup = tv.Supervisor(quiet(), subscribers=[small, witness])
     async with asyncio.timeout(GUARD):
-        assert await waiting is None
-    assert not bus.listening
-    bus.publish(ev())
-    assert [e async for e in stream] == []
-    await bus.close(GUARD)
+        async with sup:
+            for r in range(3):
+                for spec in once(3, f"r{r}-"):
+                    sup.add(spec)
+                # the burst has been delivered to the sync subscribers (witness is one too)
+                await witness.wait_for(EventKind.TASK_ADDED, task=f"r{r}-2")
+    got = [e.task for e in ordinary(small.seen)]
+    assert got == [f"r{r}-{i}" for r in range(3) for i in range(2)]
 
 
-async def test_stream_as_async_context_manager() -> None:
-    bus = make_bus()
-    async with bus.stream() as stream:
-        e = ev()
-        bus.publish(e)
-        assert await anext(stream) == e
-    assert not bus.listening
-    await bus.close(GUARD)
+def async_from_e2(seen: list[int]) -> Callable[[Event], Awaitable[None] | None]:
+    """A sync ``on_event`` that records each seq, and for task ``e2``'s events returns an
+    awaitable instead (which then records it)."""
+
+    async def record(event: Event) -> None:
+        await asyncio.sleep(0)
+        seen.append(event.seq)
+
+    def sometimes_async(event: Event) -> Awaitable[None] | None:
+        if event.task == "e2":
+            return record(event)
+        seen.append(event.seq)
+        return None
+
+    return sometimes_async
 
 
-async def test_stream_overflow_is_reported_to_others() -> None:
-    recorder = Recorder()
-    bus = make_bus(recorder)
-    stream = bus.stream(capacity=2)
-    published = [ev() for _ in range(5)]
-    for e in published:
-        bus.publish(e)
-    await bus.close(GUARD)
-    assert await collect(stream) == published[:2]
-    assert [(e.task, e.reason) for e in recorder.of(OVERFLOW)] == [("events", "full")] * 3
+async def test_a_sync_on_event_that_returns_an_awaitable_keeps_its_order() -> None:
+    seen: list[int] = []
+    witness, other = EventRecorder(), Plain()
+    await run(once(6, "e"), [async_from_e2(seen), other, witness])
+    assert seen == seqs(witness.events)
+    assert other.seen == witness.events
+    assert len(seen) == 6 * PER_TASK + CLOSING
 
 
-async def test_stream_after_close_ends_at_once() -> None:
-    bus = make_bus()
-    await bus.close(GUARD)
-    assert await collect(bus.stream()) == []
+async def test_an_event_is_stamped_when_it_is_published() -> None:
+    recorder = EventRecorder()
+    sup = tv.Supervisor(quiet(), subscribers=[recorder])
+    async with asyncio.timeout(GUARD):
+        async with sup:
+            before = time.time()
+            handle = sup.add(tv.TaskSpec.once("job", noop))
+            after = time.time()  # read before any delivery could take place
+            await handle
+    requested, added = recorder.select(
+        {EventKind.TASK_ADD_REQUESTED, EventKind.TASK_ADDED}, task="job"
+    )
+    assert before <= requested.at <= added.at <= after
+    assert requested.seq < added.seq
+    assert all(type(e) is Event for e in recorder.events)
 
 
-async def test_abandoned_stream_unsubscribes() -> None:
-    bus = make_bus()
-    stream = bus.stream()
-    assert bus.listening
-    del stream
-    gc.collect()
-    assert not bus.listening
-    await bus.close(GUARD)
+@pytest.mark.parametrize("beside", ["alone", "beside an async subscriber"])
+async def test_controller_events_carry_their_slot_and_reason(beside: str) -> None:
+    plain = Plain()
+    others: list[object] = []
+    if beside != "alone":
+        gated = Gated()
+        gated.gate.set()
+        others.append(gated)
+    sup = tv.Supervisor(quiet(), subscribers=[plain, *others], controller=tv.ControllerConfig())
+    async with asyncio.timeout(GUARD):
+        async with sup:
+            outcome = await sup.submit(
+                tv.ControllerSpec.queue(tv.TaskSpec.once("job", noop), slot="key")
+            )
+    assert outcome.ok
+    (submitted,) = [e for e in plain.seen if e.kind is EventKind.CONTROLLER_SUBMITTED]
+    assert (submitted.task, submitted.slot, submitted.reason) == ("job", "key", None)
+    assert submitted.task_id is not None
+    moves = [e for e in plain.seen if e.kind is EventKind.CONTROLLER_SLOT_TRANSITION]
+    assert moves[0].reason == "idle→admitting"
+    for moved in moves:
+        assert (moved.task, moved.task_id, moved.slot) == (None, None, "key")
+        assert (moved.duration, moved.outcome, moved.attempt) == (None, None, None)
+    if others:
+        assert isinstance(others[0], Gated)
+        assert others[0].events == plain.seen
 
 
-# ---------------------------------------------------------------- through the Supervisor
+# ---------------------------------------------------------------- sup.events()
 
 
-async def test_supervisor_events_sees_a_task_and_ends_after_shutdown() -> None:
-    async def work() -> None:
-        pass
+async def collect(stream: tv.EventStream) -> list[Event]:
+    """Every event the stream still yields; it must end (the supervisor has shut down)."""
+    async with asyncio.timeout(GUARD):
+        return [e async for e in stream]
 
-    sup = tv.Supervisor(config=tv.SupervisorConfig(handle_signals=False))
+
+async def test_events_sees_a_task_and_ends_after_shutdown() -> None:
+    sup = tv.Supervisor(config=quiet())
     stream = sup.events()  # before start: subscribed all the same
-    async with sup:
-        outcome = await asyncio.wait_for(sup.add(tv.TaskSpec.once("job", work)), GUARD)
+    async with asyncio.timeout(GUARD):
+        async with sup:
+            outcome = await sup.add(tv.TaskSpec.once("job", noop))
     assert outcome.ok
     events = await collect(stream)
     assert [e.kind for e in events if e.task == "job"] == [
@@ -778,339 +862,109 @@ async def test_supervisor_events_sees_a_task_and_ends_after_shutdown() -> None:
         EventKind.SHUTDOWN_REQUESTED,
         EventKind.ALL_STOPPED_WITHIN_GRACE,
     ]
-    seqs = [e.seq for e in events]
-    assert seqs == sorted(seqs)
+    assert strictly_increasing(seqs(events))
     assert await collect(sup.events()) == []  # after shutdown: ends at once
 
 
-async def test_final_events_reach_every_subscriber_with_room() -> None:
-    class Slowish(Subscriber):
-        def __init__(self) -> None:
-            self.kinds: list[EventKind] = []
-
-        async def on_event(self, event: Event) -> None:
-            await asyncio.sleep(0)
-            self.kinds.append(event.kind)
-
-    recorder, slowish = Recorder(), Slowish()
-    sup = tv.Supervisor(
-        config=tv.SupervisorConfig(handle_signals=False), subscribers=[recorder, slowish]
-    )
-
-    async def work() -> None:
-        pass
-
-    async with asyncio.timeout(GUARD):
-        await sup.run([tv.TaskSpec.once(f"job{i}", work) for i in range(5)])
-    for kinds in ([e.kind for e in recorder.events], slowish.kinds):
-        assert kinds.count(EventKind.TASK_REMOVED) == 5
-        assert kinds[-1] is EventKind.ALL_STOPPED_WITHIN_GRACE
-
-
-async def test_a_stuck_subscriber_changes_no_outcome_and_no_shutdown() -> None:
-    stuck = Gated("stuck", capacity=1)
-    config = tv.SupervisorConfig(handle_signals=False, subscriber_shutdown_timeout=0.1)
-    sup = tv.Supervisor(config=config, subscribers=[stuck, Raising()])
-    stream = sup.events()
-
-    async def work() -> None:
-        pass
-
+async def test_events_is_subscribed_at_the_call() -> None:
+    witness = EventRecorder()
+    sup = tv.Supervisor(quiet(), subscribers=[witness])
     async with asyncio.timeout(GUARD):
         async with sup:
-            outcome = await sup.add(tv.TaskSpec.once("job", work))
-    assert outcome.ok
+            await sup.add(tv.TaskSpec.once("before", noop))
+            stream = sup.events()
+            await sup.add(tv.TaskSpec.once("after", noop))  # nobody iterates: nothing missed
     events = await collect(stream)
-    assert any(e.kind is OVERFLOW and e.task == "stuck" for e in events)
-    assert any(e.kind is PANICKED and e.task == "raising" for e in events)
+    assert [e for e in events if e.task == "before"] == []
+    after = [e for e in witness.events if e.seq >= events[0].seq]
+    assert events == after
+    assert len([e for e in events if e.task == "after"]) == PER_TASK
 
 
-# ------------------------------------------- sync subscribers: one shared log, per-reader drops
+async def test_events_delivers_while_iterated_and_ends_after_shutdown() -> None:
+    sup = tv.Supervisor(quiet())
+    stream = sup.events()
+    got: list[Event] = []
+    first_finished = asyncio.Event()
+
+    async def consume() -> None:
+        async for e in stream:
+            got.append(e)
+            if e.kind is EventKind.TASK_FINISHED:
+                first_finished.set()
+
+    async with asyncio.timeout(GUARD):
+        consumer = asyncio.ensure_future(consume())
+        async with sup:
+            await sup.add(tv.TaskSpec.once("one", noop))
+            await first_finished.wait()  # delivered while the supervisor runs
+            await sup.add(tv.TaskSpec.once("two", noop))
+        await consumer  # the iteration ends by itself
+    assert len(got) == 2 * PER_TASK + CLOSING
+    assert strictly_increasing(seqs(got))
 
 
-async def test_sync_subscribers_with_different_capacities_drop_exactly_their_own_excess() -> None:
-    small, medium, big = Counting(capacity=2), Counting(capacity=5), Counting(capacity=100)
-    bus = make_bus(small, medium, big)
-    published = [ev(f"e{i}") for i in range(8)]
-    for e in published:
-        bus.publish(e)
-    await bus.close(GUARD)
-    # The overflow report about small (after e2) takes a place in medium's backlog too.
-    assert small.seen == published[:2]
-    assert len(medium.seen) == 5
-    assert ordinary(medium.seen) == published[:4]
-    assert ordinary(big.seen) == published
-    full = [e.task for e in big.seen if e.kind is OVERFLOW and e.reason == "full"]
-    assert full.count("Counting") == 6 + 4  # small: e2..e7; medium: e4..e7
+async def test_events_aclose_stops_the_iteration_and_unsubscribes() -> None:
+    witness = EventRecorder()
+    sup = tv.Supervisor(quiet(), subscribers=[witness])
+    async with asyncio.timeout(GUARD):
+        async with sup:
+            stream = sup.events(capacity=1)
+            waiting = asyncio.ensure_future(anext(stream, None))
+            await sup.add(tv.TaskSpec.once("one", noop))
+            assert await waiting is not None  # it was listening
+            await stream.aclose()
+            for h in [sup.add(s) for s in once(5)]:  # would overflow a listening stream
+                await h
+    assert [e async for e in stream] == []
+    assert not overflows_since(witness, "events", "t0")
 
 
-async def test_a_sync_subscriber_gets_room_again_after_each_delivery_round() -> None:
-    small = Counting(capacity=2)
-    bus = make_bus(small)
-    rounds = [[ev(f"r{r}-{i}") for i in range(3)] for r in range(3)]
-    for batch in rounds:
-        for e in batch:
-            bus.publish(e)
-        await asyncio.sleep(0)  # one loop iteration: one delivery round
-        await asyncio.sleep(0)
-    await bus.close(GUARD)
-    assert ordinary(small.seen) == [e for batch in rounds for e in batch[:2]]
+def overflows_since(witness: EventRecorder, name: str, task: str) -> list[Event]:
+    """Overflow reports about ``name`` published after ``task`` was requested."""
+    (requested,) = witness.select(EventKind.TASK_ADD_REQUESTED, task=task)
+    return [e for e in witness.select(OVERFLOW, task=name) if e.seq > requested.seq]
 
 
-def async_from_e2(seen: list[str]) -> Callable[[Event], Awaitable[None] | None]:
-    """A sync ``on_event`` that records each task name, and from event ``e2`` on returns an
-    awaitable instead (it then needs a worker of its own)."""
-
-    async def record(event: Event) -> None:
-        await asyncio.sleep(0)
-        seen.append(event.task or "")
-
-    def sometimes_async(event: Event) -> Awaitable[None] | None:
-        if event.task == "e2":
-            return record(event)
-        seen.append(event.task or "")
-        return None
-
-    return sometimes_async
-
-
-async def test_a_sync_on_event_that_returns_an_awaitable_keeps_its_order() -> None:
-    seen: list[str] = []
-    other = Counting()
-    sometimes_async = async_from_e2(seen)
-
-    bus = make_bus(sometimes_async, other)
-    published = [ev(f"e{i}") for i in range(6)]
-    for e in published[:4]:
-        bus.publish(e)
-    await asyncio.sleep(0)
-    for e in published[4:]:
-        bus.publish(e)
-    await bus.close(GUARD)
-    assert seen == [e.task for e in published]
-    assert ordinary(other.seen) == published
+async def test_events_as_an_async_context_manager() -> None:
+    witness = EventRecorder()
+    sup = tv.Supervisor(quiet(), subscribers=[witness])
+    async with asyncio.timeout(GUARD):
+        async with sup:
+            async with sup.events(capacity=1) as stream:
+                handle = sup.add(tv.TaskSpec.once("job", noop))
+                first = await anext(stream)
+            await handle
+            for h in [sup.add(s) for s in once(5)]:
+                await h
+    assert (first.kind, first.task) == (EventKind.TASK_ADD_REQUESTED, "job")
+    assert [e async for e in stream] == []
+    assert not overflows_since(witness, "events", "t0")  # left: it listens no more
 
 
-async def test_a_raising_sync_subscriber_does_not_disturb_its_sync_neighbours() -> None:
-    raising, counting = Raising(), Counting()
-    bus = make_bus(raising, counting)
-    published = [ev() for _ in range(5)]
-    for e in published:
-        bus.publish(e)
-    await bus.close(GUARD)
-    assert ordinary(counting.seen) == published
-    assert sum(e.kind is PANICKED for e in counting.seen) == 5
+async def test_events_overflow_is_reported_to_others() -> None:
+    witness = EventRecorder()
+    sup = tv.Supervisor(quiet(), subscribers=[witness])
+    stream = sup.events(capacity=2)
+    async with asyncio.timeout(GUARD):
+        await sup.run(once(3))
+    got = await collect(stream)
+    assert ordinary(got)[:2] == witness.events[:2]
+    overflows = witness.select(OVERFLOW, task="events")
+    assert overflows
+    assert overflows[0].reason == "full"
 
 
-async def test_a_slow_sync_subscriber_is_cut_at_the_close_deadline() -> None:
-    seen: list[Event] = []
-
-    def slow(event: Event) -> None:
-        time.sleep(0.02)  # blocks the loop: a sync subscriber's own fault
-        seen.append(event)
-
-    bus = make_bus(slow)
-    published = [ev() for _ in range(100)]  # 2 s of work, far beyond the deadline
-    for e in published:
-        bus.publish(e)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await bus.close(0.1)
-    assert loop.time() - started < 1.0  # generous: cut near 0.1 s, not after 2 s
-    assert len(seen) < len(published)  # the rest was dropped at the deadline
-    assert seen == published[: len(seen)]
-
-
-# ------------------------------- packed events: sync subscribers alone, built at delivery
-
-
-def emitted(bus: Bus, task: str) -> None:
-    bus.emit(EventKind.ATTEMPT_STARTING, task, tv.TaskId(7), 1)
-
-
-async def test_a_packed_event_is_an_event_stamped_when_it_was_emitted() -> None:
-    first, second = Counting(), Counting()
-    bus = make_bus(first, second)
-    before = time.time()
-    bus.emit(EventKind.ATTEMPT_SUCCEEDED, "job", tv.TaskId(3), 2, 0.5)
-    bus.emit(EventKind.TASK_ADD_REQUESTED, "job")
-    emitted_by = time.time()  # read before any delivery: that comes at a later loop iteration
-    await bus.close(GUARD)
-    succeeded, requested = first.seen
-    assert type(succeeded) is Event
-    assert type(requested) is Event
-    assert before <= succeeded.at <= requested.at <= emitted_by
-    assert requested.seq == succeeded.seq + 1
-    assert (succeeded.kind, succeeded.task, succeeded.task_id) == (
-        EventKind.ATTEMPT_SUCCEEDED,
-        "job",
-        3,
-    )
-    assert (succeeded.attempt, succeeded.duration, succeeded.reason) == (2, 0.5, None)
-    assert requested.task_id is None
-    assert requested.attempt is None
-    assert succeeded == Event(
-        succeeded.seq,
-        succeeded.at,
-        EventKind.ATTEMPT_SUCCEEDED,
-        "job",
-        tv.TaskId(3),
-        attempt=2,
-        duration=0.5,
-    )
-    # built once, handed to every sync subscriber
-    assert all(a is b for a, b in zip(first.seen, second.seen, strict=True))
-
-
-async def test_an_event_stamped_from_a_perf_counter_reading_reads_as_the_wall_clock() -> None:
-    sub = Counting()
-    bus = make_bus(sub)
-    before = time.time()
-    bus.emit(EventKind.ATTEMPT_STARTING, "job", tv.TaskId(3), 1, now=time.perf_counter())
-    bus.emit(EventKind.TASK_ADD_REQUESTED, "other")  # the wall clock read directly
-    bus.emit_closing("job", tv.TaskId(3), tv.OutcomeKind.COMPLETED, 1, 0.5, time.perf_counter())
-    after = time.time()
-    await bus.close(GUARD)
-    stamps = [e.at for e in sub.seen]
-    assert len(stamps) == 5
-    # The wall time of the reading, to within microseconds (float rounding at epoch
-    # magnitudes is a quarter of one): in order with the clock read around and between.
-    slack = 50e-6
-    timeline = [before, *stamps[:3], after]
-    assert all(a <= b + slack for a, b in itertools.pairwise(timeline)), timeline
-    assert stamps[2] == stamps[3] == stamps[4]
-
-
-async def test_a_controller_event_packed_or_built_carries_its_slot_and_reason() -> None:
-    transition, submitted = EventKind.CONTROLLER_SLOT_TRANSITION, EventKind.CONTROLLER_SUBMITTED
-    sync_only, beside_a_queue = Counting(), Counting()
-    packed_bus = make_bus(sync_only)
-    gated = Gated()
-    gated.gate.set()
-    built_bus = make_bus(beside_a_queue, gated)  # a queue listens: events are built at once
-    for bus in (packed_bus, built_bus):
-        bus.emit_slotted(submitted, "job", tv.TaskId(4), "key")
-        bus.emit_slotted(transition, None, None, "key", "idle→admitting")
-    await packed_bus.close(GUARD)
-    await built_bus.close(GUARD)
-    assert gated.seen == beside_a_queue.seen
-    for seen in (sync_only.seen, beside_a_queue.seen):
-        sub, moved = seen
-        assert (sub.kind, sub.task, sub.task_id, sub.slot, sub.reason) == (
-            submitted,
-            "job",
-            4,
-            "key",
-            None,
-        )
-        assert (moved.kind, moved.task, moved.slot, moved.reason) == (
-            transition,
-            None,
-            "key",
-            "idle→admitting",
-        )
-        assert moved.duration is None
-        assert moved.outcome is None
-    # the promotion path rebuilds a round with ``_events.unpack``: the same mapping there
-    log: list[Any] = []
-    log += (transition, 1, 2.0, None, None, None, "key", "idle→admitting")
-    (event,) = unpack(log)
-    assert (event.slot, event.reason, event.duration, event.outcome) == (
-        "key",
-        "idle→admitting",
-        None,
-        None,
-    )
-
-
-async def test_packed_and_whole_events_keep_publish_order() -> None:
-    sub = Counting()
-    bus = make_bus(sub)
-    sent: list[str] = []
-    for i in range(6):
-        if i % 2:
-            bus.publish(new_event(EventKind.BACKOFF_SCHEDULED, f"e{i}", delay=0.1))
-        else:
-            emitted(bus, f"e{i}")
-        sent.append(f"e{i}")
-    await bus.close(GUARD)
-    assert [e.task for e in sub.seen] == sent
-    seqs = [e.seq for e in sub.seen]
-    assert seqs == sorted(seqs)
-    assert len(set(seqs)) == len(seqs)
-
-
-async def test_emit_beside_a_queue_builds_one_event_for_all() -> None:
-    sync_sub, gated = Counting(), Gated()
-    gated.gate.set()
-    bus = make_bus(sync_sub, gated)
-    emitted(bus, "x")
-    await bus.close(GUARD)
-    assert len(sync_sub.seen) == len(gated.seen) == 1
-    assert sync_sub.seen[0] is gated.seen[0]
-
-
-async def test_emit_closing_and_emit_each_keep_capacities_exact() -> None:
-    small, big = Counting(capacity=3), Counting()
-    bus = make_bus(small, big)
-    emitted(bus, "first")
-    bus.emit_closing("job", tv.TaskId(9), tv.OutcomeKind.COMPLETED)  # exactly fills small
-    bus.emit_each(EventKind.TASK_ADD_REQUESTED, ["a", "b"])  # no room left in small
-    await bus.close(GUARD)
-    kinds = [e.kind for e in small.seen]
-    assert kinds == [EventKind.ATTEMPT_STARTING, EventKind.TASK_FINISHED, EventKind.TASK_REMOVED]
-    assert small.seen[1].outcome is tv.OutcomeKind.COMPLETED
-    assert small.seen[1].reason is None
-    assert small.seen[1].at == small.seen[2].at  # one act, one clock reading
-    assert [e.task for e in ordinary(big.seen)] == ["first", "job", "job", "a", "b"]
-    assert [e.task for e in big.seen if e.kind is OVERFLOW] == ["Counting", "Counting"]
-
-
-async def test_emit_closing_with_room_for_one_drops_only_the_second() -> None:
-    small, big = Counting(capacity=2), Counting()
-    bus = make_bus(small, big)
-    emitted(bus, "first")
-    bus.emit_closing("job", tv.TaskId(9), tv.OutcomeKind.COMPLETED)
-    await bus.close(GUARD)
-    assert [e.kind for e in small.seen] == [EventKind.ATTEMPT_STARTING, EventKind.TASK_FINISHED]
-    assert len(ordinary(big.seen)) == 3
-    assert [e.reason for e in big.seen if e.kind is OVERFLOW] == ["full"]
-
-
-async def test_a_sync_on_event_returning_an_awaitable_mid_round_gets_the_rest_in_order() -> None:
-    seen: list[str] = []
-    other = Counting()
-    sometimes_async = async_from_e2(seen)
-
-    bus = make_bus(sometimes_async, other)
-    for i in range(4):
-        emitted(bus, f"e{i}")
-    bus.publish(new_event(EventKind.BACKOFF_SCHEDULED, "e4", delay=0.1))
-    emitted(bus, "e5")
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    emitted(bus, "e6")
-    await bus.close(GUARD)
-    assert seen == [f"e{i}" for i in range(7)]
-    assert [e.task for e in ordinary(other.seen)] == [f"e{i}" for i in range(7)]
-
-
-async def test_a_batch_through_a_small_sync_subscriber_drops_exactly_its_excess() -> None:
-    small, big = Counting(capacity=5), Counting(capacity=100_000)
-    sup = tv.Supervisor(tv.SupervisorConfig(handle_signals=False), subscribers=[small, big])
-    await asyncio.wait_for(sup.run([tv.TaskSpec.once(f"t{i}", _noop) for i in range(50)]), GUARD)
-    everything = ordinary(big.seen)
-    assert len(everything) == 50 * 6 + 2  # six per task, shutdown requested, all stopped
-    # small gets room again every round: what it saw is an in-order part of everything
-    remaining = iter(everything)
-    assert all(any(e is other for other in remaining) for e in ordinary(small.seen))
-    dropped_for_small = [e for e in big.seen if e.kind is OVERFLOW and e.task == "Counting"]
-    assert len(ordinary(small.seen)) + len(dropped_for_small) == len(everything)
-    assert dropped_for_small  # the batch did overflow it
-
-
-async def _noop() -> None:
-    pass
+async def test_an_abandoned_events_stream_unsubscribes() -> None:
+    witness = EventRecorder()
+    sup = tv.Supervisor(quiet(), subscribers=[witness])
+    stream = sup.events(capacity=1)
+    del stream
+    gc.collect()
+    async with asyncio.timeout(GUARD):
+        await sup.run(once(5))
+    assert len(witness.events) == 5 * PER_TASK + CLOSING
+    assert not witness.select(OVERFLOW, task="events")
 
 
 # -------------------------------------------- event_kinds, on_attach, Supervisor.event_counts
@@ -1137,19 +991,13 @@ class OnlyBlocking(Only):
     blocking = True
 
 
-async def _run_tasks(subscribers: list[object], n: int = 3) -> tv.Supervisor:
-    sup = tv.Supervisor(tv.SupervisorConfig(handle_signals=False), subscribers=subscribers)
-    await asyncio.wait_for(sup.run([tv.TaskSpec.once(f"t{i}", _noop) for i in range(n)]), GUARD)
-    return sup
-
-
 @pytest.mark.parametrize("kind_of_subscriber", [Only, OnlyAsync, OnlyBlocking])
 async def test_event_kinds_delivers_only_those_kinds_in_order(
     kind_of_subscriber: type[Only],
 ) -> None:
     only = kind_of_subscriber(EventKind.TASK_FINISHED, EventKind.ATTEMPT_SUCCEEDED)
-    everything = Counting()
-    await _run_tasks([only, everything])
+    everything = Plain()
+    await run(once(3), [only, everything])
     wanted = [
         e
         for e in everything.seen
@@ -1161,12 +1009,13 @@ async def test_event_kinds_delivers_only_those_kinds_in_order(
 
 async def test_kinds_nobody_wants_are_not_delivered_but_counted() -> None:
     only = Only(EventKind.TASK_FINISHED)
-    sup = tv.Supervisor(tv.SupervisorConfig(handle_signals=False), subscribers=[only])
+    sup = tv.Supervisor(quiet(), subscribers=[only])
     counts = sup.event_counts()
-    await asyncio.wait_for(sup.run([tv.TaskSpec.once(f"t{i}", _noop) for i in range(4)]), GUARD)
+    async with asyncio.timeout(GUARD):
+        await sup.run(once(4))
     assert [e.kind for e in only.seen] == [EventKind.TASK_FINISHED] * 4
     assert counts[EventKind.TASK_FINISHED] == 4
-    assert counts[EventKind.ATTEMPT_STARTING] == 4  # never built: nobody wanted it
+    assert counts[EventKind.ATTEMPT_STARTING] == 4  # counted, though nobody wanted it
     assert counts[EventKind.TASK_ADD_REQUESTED] == 4
     assert counts[EventKind.SHUTDOWN_REQUESTED] == 1
     assert counts[EventKind.GRACE_EXCEEDED] == 0  # every kind is present
@@ -1179,37 +1028,39 @@ async def test_kinds_nobody_wants_are_not_delivered_but_counted() -> None:
 
 
 async def test_event_counts_start_at_the_first_call_and_count_every_kind() -> None:
-    everything = Counting()
-    sup = tv.Supervisor(tv.SupervisorConfig(handle_signals=False), subscribers=[everything])
-    async with sup:
-        await asyncio.wait_for(sup.add(tv.TaskSpec.once("before", _noop)), GUARD)
-        counts = sup.event_counts()
-        assert sum(counts.values()) == 0  # counting starts when first asked for
-        await asyncio.wait_for(sup.add(tv.TaskSpec.once("after", _noop)), GUARD)
-        assert counts[EventKind.TASK_ADDED] == 1
-        assert counts[EventKind.TASK_REMOVED] == 1
+    everything = Plain()
+    sup = tv.Supervisor(quiet(), subscribers=[everything])
+    async with asyncio.timeout(GUARD):
+        async with sup:
+            await sup.add(tv.TaskSpec.once("before", noop))
+            counts = sup.event_counts()
+            assert sum(counts.values()) == 0  # counting starts when first asked for
+            await sup.add(tv.TaskSpec.once("after", noop))
+            assert counts[EventKind.TASK_ADDED] == 1
+            assert counts[EventKind.TASK_REMOVED] == 1
     assert counts[EventKind.ALL_STOPPED_WITHIN_GRACE] == 1
     assert sum(counts.values()) == sum(1 for e in everything.seen if e.task != "before")
 
 
-async def test_a_filtered_sync_subscriber_capacity_counts_only_its_own_events() -> None:
-    # 20 tasks publish 120+ events in two rounds; it wants 20 of them and has room for 20.
-    only = Only(EventKind.TASK_FINISHED, capacity=20)
-    everything = Counting(capacity=100_000)
-    await _run_tasks([only, everything], n=20)
+async def test_a_filtered_subscriber_capacity_counts_only_its_own_events() -> None:
+    # 20 adds in one loop iteration publish 40 events; it wants 20 of them and has room for 20.
+    only = Only(EventKind.TASK_ADD_REQUESTED, capacity=20)
+    witness = EventRecorder()
+    await burst([only, witness], 20)
     assert len(only.seen) == 20
-    assert not [e for e in everything.seen if e.kind is OVERFLOW]
-    # and one more than its room is dropped, exactly once
-    tight = Only(EventKind.TASK_FINISHED, capacity=19)
-    witness = Counting(capacity=100_000)
-    await _run_tasks([tight, witness], n=20)
-    dropped = [e for e in witness.seen if e.kind is OVERFLOW]
-    assert len(tight.seen) + len(dropped) == 20
-    assert dropped
+    assert not witness.select(OVERFLOW)
+    # and with room for 19, it is the one to overflow
+    tight = Only(EventKind.TASK_ADD_REQUESTED, capacity=19)
+    witness = EventRecorder()
+    await burst([tight, witness], 20)
+    assert [e.task for e in tight.seen] == [f"t{i}" for i in range(19)]
+    overflows = witness.select(OVERFLOW)
+    assert {e.task for e in overflows} == {"Only"}
+    assert overflows[0].reason == "full"
 
 
 def test_on_attach_is_called_once_by_each_supervisor() -> None:
-    class Attaching(Counting):
+    class Attaching(Plain):
         def __init__(self) -> None:
             super().__init__()
             self.attached: list[tv.Supervisor] = []
@@ -1236,150 +1087,7 @@ def test_on_attach_is_called_once_by_each_supervisor() -> None:
 def test_bad_event_kinds_are_refused_when_the_supervisor_is_built(
     kinds: object, error: type[Exception], match: str
 ) -> None:
-    sub = Counting()
+    sub = Plain()
     sub.event_kinds = kinds  # type: ignore[assignment]
     with pytest.raises(error, match=match):
         tv.Supervisor(subscribers=[sub])
-
-
-# ------------------- ``_on_packed``: taskvisor's own subscribers take whole rounds unbuilt
-
-
-class Packed(Subscriber):
-    """Takes whole delivery rounds (``_on_packed``); ``on_event`` when the bus builds events."""
-
-    def __init__(self, kinds: frozenset[EventKind] | None = None, fail_on: str = "") -> None:
-        self.event_kinds = kinds
-        self.fail_on = fail_on
-        self.rounds = 0
-        self.seen: list[tuple[str, Event]] = []
-
-    def on_event(self, event: Event) -> None:
-        self.seen.append(("event", event))
-
-    def _on_packed(self, log: list[Any]) -> None:
-        self.rounds += 1
-        for run, event in zip(runs(log), unpack(log), strict=True):
-            if event.task == self.fail_on:
-                raise RuntimeError(f"packed {event.task}")
-            self.seen.append(("whole" if run[0] is None else "packed", event))
-
-
-async def after_delivery_round() -> None:
-    """Return once the fan-out's scheduled delivery round has run (not the drain at close).
-
-    The round was scheduled with ``call_soon``; a callback scheduled now runs after it.
-    """
-    done = asyncio.get_running_loop().create_future()
-    asyncio.get_running_loop().call_soon(done.set_result, None)
-    await asyncio.wait_for(done, GUARD)
-
-
-def _some_events(bus: Bus) -> list[str]:
-    bus.emit(EventKind.ATTEMPT_SUCCEEDED, "a", tv.TaskId(1), 1, 0.25)
-    bus.publish(new_event(EventKind.BACKOFF_SCHEDULED, "b", tv.TaskId(2), delay=0.1))
-    bus.emit_closing("c", tv.TaskId(3), tv.OutcomeKind.COMPLETED, 1, 0.5)
-    return ["a", "b", "c", "c", "c"]
-
-
-async def test_a_round_reaches_on_packed_in_one_call_unbuilt_in_publish_order() -> None:
-    sub = Packed()
-    bus = make_bus(sub)
-    tasks = _some_events(bus)
-    await after_delivery_round()
-    assert sub.rounds == 1
-    await bus.close(GUARD)
-    assert [e.task for _, e in sub.seen] == tasks
-    assert [how for how, _ in sub.seen] == ["packed", "whole", "packed", "packed", "packed"]
-    first = sub.seen[0][1]
-    assert (first.kind, first.task_id, first.attempt, first.duration) == (
-        EventKind.ATTEMPT_SUCCEEDED,
-        1,
-        1,
-        0.25,
-    )
-    seqs = [e.seq for _, e in sub.seen]
-    assert seqs == sorted(seqs)
-
-
-async def test_beside_a_plain_subscriber_on_packed_gets_built_events_like_it() -> None:
-    packed, plain = Packed(), Counting()
-    bus = make_bus(packed, plain)
-    tasks = _some_events(bus)
-    await after_delivery_round()
-    await bus.close(GUARD)
-    assert packed.rounds == 0
-    assert [how for how, _ in packed.seen] == ["event"] * len(tasks)
-    assert [e for _, e in packed.seen] == plain.seen
-
-
-async def test_the_drain_at_close_goes_through_on_event() -> None:
-    sub = Packed()
-    bus = make_bus(sub)
-    tasks = _some_events(bus)
-    await bus.close(GUARD)  # at once: the drain (it has a deadline) delivers event by event
-    assert sub.rounds == 0
-    assert [(how, e.task) for how, e in sub.seen] == [("event", t) for t in tasks]
-
-
-async def test_packed_rounds_leave_out_kinds_nobody_wants() -> None:
-    sub = Packed(frozenset({EventKind.TASK_FINISHED, EventKind.BACKOFF_SCHEDULED}))
-    bus = make_bus(sub)
-    _some_events(bus)
-    await after_delivery_round()
-    await bus.close(GUARD)
-    assert [(how, e.kind) for how, e in sub.seen] == [
-        ("whole", EventKind.BACKOFF_SCHEDULED),
-        ("packed", EventKind.TASK_FINISHED),
-    ]
-
-
-async def test_on_packed_that_raises_is_one_panic_and_the_others_go_on() -> None:
-    failing, other = Packed(fail_on="b"), Packed()
-    bus = make_bus(failing, other)
-    tasks = _some_events(bus)
-    await after_delivery_round()
-    await bus.close(GUARD)
-    assert [e.task for _, e in ordinary_seen(other)] == tasks
-    assert [e.task for _, e in ordinary_seen(failing)] == ["a"]  # the rest of its round is lost
-    panics = [e for _, e in other.seen if e.kind is PANICKED]
-    assert [(p.task, p.reason) for p in panics] == [("Packed", "RuntimeError: packed b")]
-
-
-def ordinary_seen(sub: Packed) -> list[tuple[str, Event]]:
-    return [(how, e) for how, e in sub.seen if not e.is_diagnostic]
-
-
-def test_on_packed_is_ignored_for_async_and_blocking_subscribers() -> None:
-    class AsyncPacked(Packed):
-        async def on_event(self, event: Event) -> None:  # type: ignore[override]
-            pass
-
-    class BlockingPacked(Packed):
-        blocking = True
-
-    assert as_subscriber(Packed()).packed is not None
-    assert as_subscriber(AsyncPacked()).packed is None
-    assert as_subscriber(BlockingPacked()).packed is None
-
-
-async def test_a_subclass_that_overrides_only_on_event_gets_every_event_there() -> None:
-    class Extended(Packed):
-        def on_event(self, event: Event) -> None:
-            self.seen.append(("extended", event))
-
-    class Both(Extended):
-        def _on_packed(self, log: list[Any]) -> None:
-            super()._on_packed(log)
-
-    patched = Packed()
-    patched.on_event = lambda event: None  # type: ignore[method-assign]
-    assert as_subscriber(Extended()).packed is None
-    assert as_subscriber(patched).packed is None
-    assert as_subscriber(Both()).packed is not None  # it knows both: trusted
-    sub = Extended()
-    bus = make_bus(sub)
-    tasks = _some_events(bus)
-    await after_delivery_round()
-    await bus.close(GUARD)
-    assert [(how, e.task) for how, e in sub.seen] == [("extended", t) for t in tasks]

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 import taskvisor as tv
-from taskvisor import _testhooks
-from taskvisor._events import new_event
+from conftest import make_event
 from taskvisor.testing import (
     NO_BACKOFF_DEFAULTS,
     ZERO_BACKOFF,
@@ -98,8 +97,8 @@ async def test_wait_for_wakes_on_a_live_event_and_returns_it() -> None:
 async def test_wait_for_filters_by_kind_set_task_predicate_and_count() -> None:
     rec = EventRecorder()
     for name, attempt in [("a", 1), ("b", 1), ("a", 2), ("a", 3)]:
-        rec.on_event(new_event(E.ATTEMPT_STARTING, name, tv.TaskId(1), attempt=attempt))
-    rec.on_event(new_event(E.TASK_FINISHED, "a", tv.TaskId(1), outcome=tv.OutcomeKind.FAILED))
+        rec.on_event(make_event(E.ATTEMPT_STARTING, name, tv.TaskId(1), attempt=attempt))
+    rec.on_event(make_event(E.TASK_FINISHED, "a", tv.TaskId(1), outcome=tv.OutcomeKind.FAILED))
 
     assert (await rec.wait_for(E.ATTEMPT_STARTING, task="a", count=3)).attempt == 3
     assert (await rec.wait_for(task="b")).task == "b"
@@ -117,7 +116,7 @@ async def test_wait_for_wakes_once_the_matching_event_is_recorded() -> None:
     waiter = asyncio.create_task(rec.wait_for(E.TASK_REMOVED, task="x", count=2))
     await asyncio.sleep(0)  # let it start waiting; then feed events from callbacks
     for n in range(3):
-        loop.call_soon(rec.on_event, new_event(E.TASK_REMOVED, "x", tv.TaskId(n + 1)))
+        loop.call_soon(rec.on_event, make_event(E.TASK_REMOVED, "x", tv.TaskId(n + 1)))
     async with asyncio.timeout(5):
         got = await waiter
     assert got.task_id == tv.TaskId(2)
@@ -125,7 +124,7 @@ async def test_wait_for_wakes_once_the_matching_event_is_recorded() -> None:
 
 async def test_wait_for_timeout_names_what_was_recorded() -> None:
     rec = EventRecorder()
-    rec.on_event(new_event(E.TASK_ADDED, "t", tv.TaskId(1)))
+    rec.on_event(make_event(E.TASK_ADDED, "t", tv.TaskId(1)))
     with pytest.raises(
         TimeoutError, match=r"task_finished for task 't'.*recorded for 't': task_added"
     ):
@@ -134,13 +133,13 @@ async def test_wait_for_timeout_names_what_was_recorded() -> None:
 
 async def test_clear_forgets_events_and_waiters_see_only_new_ones() -> None:
     rec = EventRecorder()
-    rec.on_event(new_event(E.TASK_ADDED, "old", tv.TaskId(1)))
+    rec.on_event(make_event(E.TASK_ADDED, "old", tv.TaskId(1)))
     rec.clear()
     assert len(rec) == 0
     assert rec.kinds() == []
     waiter = asyncio.create_task(rec.wait_for(E.TASK_ADDED))
     await asyncio.sleep(0)
-    rec.on_event(new_event(E.TASK_ADDED, "new", tv.TaskId(2)))
+    rec.on_event(make_event(E.TASK_ADDED, "new", tv.TaskId(2)))
     async with asyncio.timeout(5):
         assert (await waiter).task == "new"
 
@@ -175,21 +174,15 @@ async def test_no_backoff_makes_every_failure_backoff_zero() -> None:
     assert [e.backoff_source for e in backoffs] == [tv.BackoffSource.FAILURE] * 2
     finished = await rec.wait_for(E.TASK_FINISHED, task="flaky")
     assert finished.outcome is tv.OutcomeKind.COMPLETED
-    assert _testhooks.zero_backoff == 0
+    assert await observed_backoff() == 0.002  # and it is off again after the block
 
 
-async def test_no_backoff_nests_and_restores_the_policy_delay() -> None:
-    with no_backoff():
-        with no_backoff():
-            assert _testhooks.zero_backoff == 2
-        assert _testhooks.zero_backoff == 1
-    assert _testhooks.zero_backoff == 0
-    with pytest.raises(RuntimeError), no_backoff():
-        raise RuntimeError("the switch is restored on errors too")
-    assert _testhooks.zero_backoff == 0
+async def observed_backoff() -> float:
+    """The delay a task's one retry waits right now: its policy's 2 ms, or 0 under the switch.
 
+    Read from the BACKOFF_SCHEDULED event of a real supervisor, as a user would see it.
+    """
     rec = EventRecorder()
-    backoff = tv.BackoffPolicy.constant(0.002)
     left = 1
 
     async def once_failing() -> None:
@@ -198,11 +191,24 @@ async def test_no_backoff_nests_and_restores_the_policy_delay() -> None:
             left -= 1
             raise tv.Fail("x")
 
+    spec = tv.TaskSpec.restartable("t", once_failing, backoff=tv.BackoffPolicy.constant(0.002))
     async with asyncio.timeout(10):
-        await tv.Supervisor(quiet(), subscribers=[rec]).run(
-            [tv.TaskSpec.restartable("t", once_failing, backoff=backoff)]
-        )
-    assert [e.delay for e in rec.select(E.BACKOFF_SCHEDULED)] == [0.002]
+        await tv.Supervisor(quiet(), subscribers=[rec]).run([spec])
+    (backoff,) = rec.select(E.BACKOFF_SCHEDULED)
+    assert backoff.delay is not None
+    return backoff.delay
+
+
+async def test_no_backoff_nests_and_restores_the_policy_delay() -> None:
+    assert await observed_backoff() == 0.002
+    with no_backoff():
+        with no_backoff():
+            assert await observed_backoff() == 0.0
+        assert await observed_backoff() == 0.0  # the outer block still holds
+    assert await observed_backoff() == 0.002
+    with pytest.raises(RuntimeError), no_backoff():
+        raise RuntimeError("the switch is restored on errors too")
+    assert await observed_backoff() == 0.002
 
 
 async def test_no_backoff_keeps_periodic_intervals() -> None:

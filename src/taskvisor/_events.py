@@ -129,9 +129,11 @@ Event.__slots__ = FIELDS
 
 
 class EventDraft(_EventSlots):
-    """A mutable twin of ``Event`` (internal): filled by plain stores, then turned into the
-    ``Event`` by ``draft.__class__ = Event`` (same storage), several times cheaper than the
-    frozen dataclass ``__init__``."""
+    """A mutable twin of ``Event`` (internal), filled by plain stores.
+
+    ``draft.__class__ = Event`` then turns it into the event (same storage): several times
+    cheaper than the frozen dataclass ``__init__``.
+    """
 
     __slots__ = ()
 

@@ -43,7 +43,7 @@ class Bus:
         self._channels = tuple(Channel(r.name, r.capacity, r.kinds) for r in self._refs)
         self._queues: tuple[Channel, ...] = ()  # consumed apart from the publisher
         self._sync = SyncFanout(
-            [], self._node, self.dropped, self.panicked, self._promote, self.drained
+            self._node, self._drop, self._report, self.panicked, self._promote, self.drained
         )
         self._workers: list[asyncio.Task[None]] = []
         self._threads: list[SubscriberThread] = []
@@ -191,7 +191,7 @@ class Bus:
                 due.append((ch, reason))
         if due is not None:  # after every queue got the event: each sees publish order
             for ch, reason in due:
-                self.publish(_OVERFLOW, ch.name, reason=reason)
+                self._report(ch, reason)
 
     # ------------------------------------------------------------------ diagnostics
 
@@ -214,11 +214,8 @@ class Bus:
         ch.reported = True
         return "full"
 
-    def dropped(self, ch: Channel, kind: EventKind) -> None:
-        """An event of ``kind`` was dropped for ``ch``: count it, report it if due."""
-        reason = self._drop(ch, kind)
-        if reason is not None:
-            self.publish(_OVERFLOW, ch.name, reason=reason)
+    def _report(self, ch: Channel, reason: str) -> None:
+        self.publish(_OVERFLOW, ch.name, reason=reason)
 
     def drained(self, ch: Channel) -> None:
         """``ch``'s queue has been drained empty: end its overflow episode, if any.
@@ -346,7 +343,7 @@ class Bus:
             for ch in self._queues
             if self._keeps_up(ch, waited) and len(ch.queue) > ch.capacity // 2
         ]
-        if self._sync.members and self._sync.pending() > self._sync.room // 2:
+        if self._sync.members and self._sync.count > self._sync.room // 2:
             busy.append(self._sync)
         return busy
 

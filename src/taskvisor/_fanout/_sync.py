@@ -7,9 +7,11 @@ values (the *late-built form*, known to this module alone); once per loop iterat
 order. An event thus lives only while it is delivered (``docs/performance.md`` says why
 that pays).
 
-Capacity: a sync subscriber receives at most ``queue_capacity`` events per round; the rest
-of the round is dropped for it alone (what its own bounded queue would have refused), and
-the bus reports the episode. Its queue is drained empty at the end of each round.
+Capacity: the log is each sync subscriber's queue. While it holds fewer events than the
+smallest capacity nobody can be full and nothing is counted. Past that, each subscriber's
+backlog is counted; one that is full when an event is published is *cut*: it gets nothing
+more of this round (its backlog only shrinks when the round is delivered), each event it
+misses is a drop, and its queue counts as drained empty at the end of the round.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._events import Event, EventDraft, EventKind
@@ -29,16 +31,19 @@ RECORD = 9
 rest``, where ``rest`` is ``None`` or the tuple ``reason, exit_code, delay, timeout,
 backoff_source, rejection, slot, error, fence, dropped`` (the same layout for every kind)."""
 
+_NEVER = math.inf
+
 
 class Member:
-    """A sync subscriber: its validated reference and its channel."""
+    """A sync subscriber: its validated reference, its channel, and this round's counts."""
 
-    __slots__ = ("call", "ch", "ref")
+    __slots__ = ("call", "ch", "cutoff", "ref")
 
     def __init__(self, ref: SubscriberRef, ch: Channel) -> None:
         self.ref = ref
         self.call: EventCallback = ref.call
         self.ch = ch
+        self.cutoff: float = _NEVER  # index of the first event of this round it misses
 
 
 class SyncFanout:
@@ -46,22 +51,26 @@ class SyncFanout:
 
     def __init__(
         self,
-        members: list[Member],
         node: Callable[[], str | None],
-        report: Callable[[Channel, EventKind], None],
+        drop: Callable[[Channel, EventKind], str | None],
+        report: Callable[[Channel, str], None],
         panicked: Callable[[SubscriberRef, EventKind | None, BaseException], None],
         promote: Callable[[Member, Awaitable[Any]], None],
         drained: Callable[[Channel], None],
     ) -> None:
         self._node = node
+        self._drop = drop
         self._report = report
         self._panicked = panicked
         self._promote = promote
         self._drained = drained
         self.log: list[Any] = []
+        self.count = 0  # events in the log
+        self._counted = False  # backlogs (``Channel.taken``) are exact for this round
+        self._cut = False  # some member was cut this round
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
-        self.set_members(members)
+        self.set_members([])
 
     def set_members(self, members: list[Member]) -> None:
         """Dispatch to ``members`` from now on."""
@@ -81,10 +90,6 @@ class SyncFanout:
         """Stop dispatching to ``member`` (it has moved to a worker of its own)."""
         self.set_members([m for m in self.members if m is not member])
 
-    def pending(self) -> int:
-        """Events waiting in the log."""
-        return len(self.log) // RECORD
-
     def add(
         self,
         kind: EventKind,
@@ -97,10 +102,50 @@ class SyncFanout:
         outcome: Any,
         rest: tuple[Any, ...] | None,
     ) -> None:
-        """Append one event, late-built, for the next round."""
+        """Append one event, late-built, for the next round (or drop it for who is full)."""
+        due = None
+        if self.count >= self.room:
+            due = self._count(kind)
+            if due is None:  # every member that wants it is full: not logged at all
+                return
         self.log += (kind, seq, at, task, task_id, attempt, duration, outcome, rest)
+        self.count += 1
         if not self._scheduled:
             self._schedule()
+        if due:  # after the event itself: everyone sees publish order
+            for ch, reason in due:
+                self._report(ch, reason)
+
+    def _count(self, kind: EventKind) -> list[tuple[Channel, str]] | None:
+        """Some member may be full: count this event against each backlog, cut the full.
+
+        Returns the overflow reports now due, or ``None`` if nobody takes the event.
+        """
+        if not self._counted:
+            self._counted = True
+            kinds = self.log[::RECORD]
+            for m in self.members:
+                ch = m.ch
+                ch.taken = len(kinds) if ch.kinds is None else sum(k in ch.kinds for k in kinds)
+        due: list[tuple[Channel, str]] = []
+        taken = False
+        for m in self.by_kind[kind]:
+            ch = m.ch
+            if m.cutoff is _NEVER and ch.taken < ch.capacity:
+                ch.taken += 1
+                taken = True
+                continue
+            if m.cutoff is _NEVER:
+                m.cutoff = self.count
+                self._cut = True
+            reason = self._drop(ch, kind)
+            if reason is not None:
+                due.append((ch, reason))
+        if taken:
+            return due
+        for ch, reason in due:  # nobody takes the event: nothing to publish them after
+            self._report(ch, reason)
+        return None
 
     def _schedule(self) -> None:
         if self._loop is not None and not self._scheduled:
@@ -110,8 +155,8 @@ class SyncFanout:
     def dispatch(self, deadline: float | None = None) -> None:
         """One round: hand every logged event to the sync subscribers that want it.
 
-        A subscriber that has taken ``capacity`` events this round gets no more of it (the
-        bus reports the drops); one that raises is reported and the others go on; one whose
+        A member cut this round gets nothing from its cutoff on (those were counted as
+        drops when published); one that raises is reported and the others go on; one whose
         ``on_event`` returns an awaitable moves to a worker of its own, which gets the rest
         of the round. With a ``deadline`` (the drain at close, a ``loop.time()``), what is
         not delivered by then is dropped. What is published meanwhile waits for the next
@@ -119,19 +164,32 @@ class SyncFanout:
         """
         self._scheduled = False
         log = self.log
-        if not log:
-            return
+        members = self.members
+        cut = self._cut
         self.log = []
-        counting = len(log) // RECORD > self.room
+        self.count = 0
+        self._counted = self._cut = False
+        if log:
+            self._deliver(log, members, cut, deadline)
+        for m in members:
+            m.cutoff = _NEVER
+            m.ch.taken = 0
+            self._drained(m.ch)
+
+    def _deliver(
+        self, log: list[Any], members: list[Member], cut: bool, deadline: float | None
+    ) -> None:
         by_kind = self.by_kind
         clock = self._loop.time if deadline is not None and self._loop is not None else None
-        until = math.inf if deadline is None else deadline
+        until = _NEVER if deadline is None else deadline
         promoted: list[Member] = []  # moved to a worker during this round
         node = self._node()
+        index = -1
         it = iter(log)
         for kind, seq, at, task, task_id, attempt, duration, outcome, rest in zip(
             it, it, it, it, it, it, it, it, it, strict=True
         ):
+            index += 1
             if clock is not None and clock() >= until:
                 break
             # The event, built here (inline: this loop is the hot path of every event bound
@@ -158,15 +216,11 @@ class SyncFanout:
                 ) = rest  # fmt: skip
             event.__class__ = Event
             for m in promoted:
-                if m.ch.wants(kind):
+                if m.ch.wants(kind) and index < m.cutoff:
                     m.ch.queue.append(event)
             for m in by_kind[kind]:
-                ch = m.ch
-                if counting:
-                    if ch.taken >= ch.capacity:
-                        self._report(ch, kind)
-                        continue
-                    ch.taken += 1
+                if cut and index >= m.cutoff:
+                    continue
                 try:
                     result = m.call(event)
                 except (KeyboardInterrupt, SystemExit):
@@ -178,7 +232,5 @@ class SyncFanout:
                     self._promote(m, result)
                     promoted.append(m)  # gets the rest of the round in its queue
                     by_kind = self.by_kind
-        for m in self.members:
-            ch = m.ch
-            ch.taken = 0
-            self._drained(ch)
+        for m in promoted:
+            m.cutoff = _NEVER

@@ -41,12 +41,12 @@ def plain_fields(event: Event) -> dict[str, Plain]:
         d["rejection"] = event.rejection.value
     if event.slot is not None:
         d["slot"] = event.slot
+    if event.error is not None:
+        d["traceback"] = "".join(traceback.format_exception(event.error))
     if event.fence is not None:
         d["fence"] = event.fence
     if event.node is not None:
         d["node"] = event.node
     if event.dropped is not None:
         d["dropped"] = event.dropped
-    if event.error is not None:
-        d["traceback"] = "".join(traceback.format_exception(event.error))
     return d

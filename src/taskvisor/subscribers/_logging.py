@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from .. import Event, EventKind, OutcomeKind, Subscriber
+from .. import Event, EventKind, OutcomeKind, Subscriber, TaskError
 
 EXTRA_PREFIX = "taskvisor_"
 """Prefix of every ``extra`` key: ``LogRecord`` attributes (``name``, ``msg``, ``args``…, and
@@ -199,6 +199,10 @@ def _extra(e: Event) -> dict[str, object]:
         p + "outcome": None if e.outcome is None else e.outcome.value,
         p + "rejection": None if e.rejection is None else e.rejection.value,
         p + "slot": e.slot,
+        p + "error": e.error,
+        p + "fence": e.fence,
+        p + "node": e.node,
+        p + "dropped": e.dropped,
     }
 
 
@@ -256,4 +260,7 @@ class LogSubscriber(Subscriber):
         if not logger.isEnabledFor(level):
             return
         template, args = _message(event)
-        logger.log(level, template, *args, extra=_extra(event))
+        error = event.error
+        # An unexpected exception comes with its traceback; a Fail/Fatal's reason says it all.
+        exc_info = None if error is None or isinstance(error, TaskError) else error
+        logger.log(level, template, *args, exc_info=exc_info, extra=_extra(event))
