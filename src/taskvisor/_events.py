@@ -52,8 +52,18 @@ class BackoffSource(enum.StrEnum):
     FAILURE = "failure"
 
 
-next_seq = itertools.count(1).__next__
+_SEQUENCE = itertools.count(1)
+next_seq = _SEQUENCE.__next__
 """The process-wide event sequence: each call returns the next ``seq``."""
+
+
+def sequence() -> itertools.count[int]:
+    """The process-wide event sequence itself.
+
+    ``islice`` of it takes consecutive values in one C call: no other thread's event can fall
+    between them.
+    """
+    return _SEQUENCE
 
 
 class _EventSlots:

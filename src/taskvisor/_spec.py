@@ -7,9 +7,9 @@ import enum
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import CodeType, FunctionType
-from typing import Any, Final, Self
+from typing import Any, Final, NamedTuple, Self
 
 from ._context import TaskContext
 from ._policies import BackoffPolicy, RestartPolicy
@@ -107,6 +107,7 @@ def _check_timeout(value: object) -> float | None:
 
 
 _DEFAULT_BACKOFF = BackoffPolicy()
+_INF = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,24 +148,25 @@ class TaskSpec:
         timeout: float | _Unset | None = UNSET,
         max_retries: int | _Unset | None = UNSET,
     ) -> None:
-        check_name("name", name)
+        # Each check's common case is tested inline; the full check (and its error) otherwise.
+        if type(name) is not str or not name:
+            check_name("name", name)
         takes_context = check_fn(fn)
-        if restart is not UNSET:
+        if restart is not UNSET and type(restart) is not RestartPolicy:
             _check_restart(restart)
-        if backoff is not UNSET:
+        if backoff is not UNSET and type(backoff) is not BackoffPolicy:
             _check_backoff(backoff)
-        if timeout is not UNSET:
+        if timeout is not UNSET and not (type(timeout) is float and 0.0 < timeout < _INF):
             timeout = _check_timeout(timeout)
-        if max_retries is not UNSET:
+        if max_retries is not UNSET and not (type(max_retries) is int and max_retries >= 0):
             check_int("max_retries", max_retries, minimum=0, allow_none=True)
-        setattr_ = object.__setattr__
-        setattr_(self, "name", name)
-        setattr_(self, "fn", fn)
-        setattr_(self, "restart", restart)
-        setattr_(self, "backoff", backoff)
-        setattr_(self, "timeout", timeout)
-        setattr_(self, "max_retries", max_retries)
-        setattr_(self, "_takes_context", takes_context)
+        _set_name(self, name)
+        _set_fn(self, fn)
+        _set_restart(self, restart)
+        _set_backoff(self, backoff)
+        _set_timeout(self, timeout)
+        _set_max_retries(self, max_retries)
+        _set_takes_context(self, takes_context)
 
     @classmethod
     def once(
@@ -248,9 +250,24 @@ class TaskSpec:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Policies:
-    """A spec's policies with the supervisor's defaults merged in (internal)."""
+# Each field's slot setter: a frozen instance is filled through them (object.__setattr__ per
+# field would cost about as much as all the checks).
+(
+    _set_name,
+    _set_fn,
+    _set_restart,
+    _set_backoff,
+    _set_timeout,
+    _set_max_retries,
+    _set_takes_context,
+) = (TaskSpec.__dict__[f.name].__set__ for f in fields(TaskSpec))
+
+
+class Policies(NamedTuple):
+    """A spec's policies with the supervisor's defaults merged in (internal).
+
+    A named tuple: one is made per task run, and a tuple is the cheapest value to make.
+    """
 
     restart: RestartPolicy
     backoff: BackoffPolicy
@@ -260,9 +277,16 @@ class Policies:
 
 def policies(spec: TaskSpec, defaults: TaskDefaults) -> Policies:
     """The one merge of a spec's keywords with ``defaults``: a left-out keyword inherits."""
-    return Policies(
-        defaults.restart if spec.restart is UNSET else spec.restart,
-        defaults.backoff if spec.backoff is UNSET else spec.backoff,
-        defaults.timeout if spec.timeout is UNSET else spec.timeout,
-        defaults.max_retries if spec.max_retries is UNSET else spec.max_retries,
+    # tuple.__new__ directly: the named tuple's own __new__ is a Python function (half the cost).
+    return _new_policies(
+        Policies,
+        (
+            defaults.restart if spec.restart is UNSET else spec.restart,
+            defaults.backoff if spec.backoff is UNSET else spec.backoff,
+            defaults.timeout if spec.timeout is UNSET else spec.timeout,
+            defaults.max_retries if spec.max_retries is UNSET else spec.max_retries,
+        ),
     )
+
+
+_new_policies = tuple.__new__

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 from .._context import TaskId
-from .._events import DIAGNOSTIC_KINDS, BackoffSource, EventKind, build, next_seq
+from .._events import DIAGNOSTIC_KINDS, BackoffSource, EventKind, build, next_seq, sequence
 from .._outcome import OutcomeKind, RejectionKind
 from .._subscriber import DEFAULT_QUEUE_CAPACITY, SubscriberRef
 from ._channel import Channel
@@ -20,6 +21,10 @@ from ._workers import SubscriberThread, work
 _T = TypeVar("_T")
 
 _OVERFLOW = EventKind.SUBSCRIBER_OVERFLOW
+_NO_REST = (None,) * 10
+
+_SYNC = 1  # a route bit: some sync subscriber wants the kind
+_QUEUES = 2  # a route bit: some queue (async, blocking, stream) wants it
 _wall_clock = time.time
 
 PACING_PATIENCE = 1.0
@@ -28,6 +33,21 @@ treats that subscriber as falling behind (its drops are then reported, as for an
 
 _PACING_STEP = 0.05
 """Longest wait for any sign of progress while pacing a batch (see ``Bus.paced``)."""
+
+
+class RareFields(TypedDict, total=False):
+    """The ``Event`` fields few kinds carry: ``Bus.publish``'s keywords."""
+
+    reason: str | None
+    exit_code: int | None
+    delay: float | None
+    timeout: float | None
+    backoff_source: BackoffSource | None
+    rejection: RejectionKind | None
+    slot: str | None
+    error: BaseException | None
+    fence: int | None
+    dropped: int | None
 
 
 class Bus:
@@ -67,8 +87,11 @@ class Bus:
         self._queue_kinds = frozenset(
             k for k in EventKind if any(ch.wants(k) for ch in self._queues)
         )
-        self._sync_kinds = self._sync.wanted
-        self._wanted = self._queue_kinds | self._sync_kinds
+        sync = self._sync.wanted
+        self._routes = {
+            k: (_SYNC if k in sync else 0) | (_QUEUES if k in self._queue_kinds else 0)
+            for k in EventKind
+        }
         self.listening = bool(self._queues) or bool(self._sync.members)
         """Whether any subscriber would receive an event: callers may skip publishing."""
 
@@ -118,61 +141,63 @@ class Bus:
         attempt: int | None = None,
         duration: float | None = None,
         outcome: OutcomeKind | None = None,
-        *,
-        reason: str | None = None,
-        exit_code: int | None = None,
-        delay: float | None = None,
-        timeout: float | None = None,
-        backoff_source: BackoffSource | None = None,
-        rejection: RejectionKind | None = None,
-        slot: str | None = None,
-        error: BaseException | None = None,
-        fence: int | None = None,
-        dropped: int | None = None,
+        **rare: Unpack[RareFields],
     ) -> None:
         """Publish one event: stamped with the next ``seq`` and the wall clock, never blocking.
 
+        The fields most events carry are positional; the others (``RareFields``) keywords.
         Built only for the subscribers that want ``kind``: late (at delivery) for sync ones,
         now for the others.
         """
         if self._counting:
             self._counts[kind] += 1
-        if kind not in self._wanted:
+        route = self._routes[kind]
+        if not route:
             return
         seq = next_seq()
         at = _wall_clock()
-        if kind in self._sync_kinds:
-            if (
-                reason is None and exit_code is None and delay is None and timeout is None
-                and backoff_source is None and rejection is None and slot is None
-                and error is None and fence is None and dropped is None
-            ):  # fmt: skip
-                rest = None
-            else:
+        if route & _SYNC:
+            rest = None
+            if rare:
+                get = rare.get
                 rest = (
-                    reason, exit_code, delay, timeout, backoff_source, rejection, slot, error,
-                    fence, dropped,
+                    get("reason"), get("exit_code"), get("delay"), get("timeout"),
+                    get("backoff_source"), get("rejection"), get("slot"), get("error"),
+                    get("fence"), get("dropped"),
                 )  # fmt: skip
+                if rest == _NO_REST:
+                    rest = None
             self._sync.add(kind, seq, at, task, task_id, attempt, duration, outcome, rest)
-        if kind in self._queue_kinds:
+        if route & _QUEUES:
             event = build(
-                seq, at, kind, task, task_id, attempt, reason, exit_code, delay, timeout,
-                duration, backoff_source, outcome, rejection, slot, error, fence, self.node,
-                dropped,
+                seq, at, kind, task, task_id, attempt, duration=duration, outcome=outcome,
+                node=self.node, **rare,
             )  # fmt: skip
             self._offer(kind, event)
 
     def publish_batch(
         self, kind: EventKind, tasks: Sequence[str], task_ids: Sequence[TaskId] | None = None
     ) -> None:
-        """``publish(kind, task[, task_id])`` for each of ``tasks``, in order."""
-        publish = self.publish
-        if task_ids is None:
-            for task in tasks:
-                publish(kind, task)
-        else:
-            for task, task_id in zip(tasks, task_ids, strict=True):
-                publish(kind, task, task_id)
+        """``publish(kind, task[, task_id])`` for each of ``tasks``, in order, at one time.
+
+        A batch's admission requests are one act, so are its registrations: they share their
+        ``at``, and reach the sync subscribers' log in one step.
+        """
+        n = len(tasks)
+        if self._counting:
+            self._counts[kind] += n
+        route = self._routes[kind]
+        if not route or not n:
+            return
+        ids: Sequence[TaskId | None] = [None] * n if task_ids is None else task_ids
+        seqs = list(itertools.islice(sequence(), n))
+        at = _wall_clock()
+        if route & _SYNC:
+            self._sync.add_batch(kind, seqs, at, tasks, ids)
+        if route & _QUEUES:
+            node = self.node
+            for seq, task, task_id in zip(seqs, tasks, ids, strict=True):
+                self._offer(kind, build(seq, at, kind, task, task_id, node=node))
 
     def _offer(self, kind: EventKind, event: Any) -> None:
         due: list[tuple[Channel, str]] | None = None
@@ -343,7 +368,7 @@ class Bus:
             for ch in self._queues
             if self._keeps_up(ch, waited) and len(ch.queue) > ch.capacity // 2
         ]
-        if self._sync.members and self._sync.count > self._sync.room // 2:
+        if self._sync.members and self._sync.pending > self._sync.room // 2:
             busy.append(self._sync)
         return busy
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .._events import Event, EventDraft, EventKind
@@ -65,7 +65,6 @@ class SyncFanout:
         self._promote = promote
         self._drained = drained
         self.log: list[Any] = []
-        self.count = 0  # events in the log
         self._counted = False  # backlogs (``Channel.taken``) are exact for this round
         self._cut = False  # some member was cut this round
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -79,12 +78,18 @@ class SyncFanout:
         self.wanted = frozenset(k for k, ms in self.by_kind.items() if ms)
         # Below this many events in a round, nobody can be full: no counting needed.
         self.room = min((m.ch.capacity for m in members), default=0)
+        self._limit = RECORD * self.room  # the same, in values of the log
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Dispatch on ``loop`` from now on."""
         self._loop = loop
         if self.log:
             self._schedule()
+
+    @property
+    def pending(self) -> int:
+        """Events waiting in the log for the next round."""
+        return len(self.log) // RECORD
 
     def remove(self, member: Member) -> None:
         """Stop dispatching to ``member`` (it has moved to a worker of its own)."""
@@ -103,18 +108,45 @@ class SyncFanout:
         rest: tuple[Any, ...] | None,
     ) -> None:
         """Append one event, late-built, for the next round (or drop it for who is full)."""
-        due = None
-        if self.count >= self.room:
-            due = self._count(kind)
-            if due is None:  # every member that wants it is full: not logged at all
-                return
-        self.log += (kind, seq, at, task, task_id, attempt, duration, outcome, rest)
-        self.count += 1
+        log = self.log
+        if len(log) < self._limit:  # nobody can be full yet
+            log += (kind, seq, at, task, task_id, attempt, duration, outcome, rest)
+            if not self._scheduled:
+                self._schedule()
+            return
+        due = self._count(kind)
+        if due is None:  # every member that wants it is full: not logged at all
+            return
+        log += (kind, seq, at, task, task_id, attempt, duration, outcome, rest)
         if not self._scheduled:
             self._schedule()
-        if due:  # after the event itself: everyone sees publish order
-            for ch, reason in due:
-                self._report(ch, reason)
+        for ch, reason in due:  # after the event itself: everyone sees publish order
+            self._report(ch, reason)
+
+    def add_batch(
+        self,
+        kind: EventKind,
+        seqs: Sequence[int],
+        at: float,
+        tasks: Sequence[str],
+        task_ids: Sequence[Any],
+    ) -> None:
+        """Append one event of ``kind`` per task (``seq``, ``task`` and ``task_id`` only)."""
+        n = len(seqs)
+        if len(self.log) + RECORD * n > self._limit:  # somebody may fill up: one at a time
+            for seq, task, task_id in zip(seqs, tasks, task_ids, strict=True):
+                self.add(kind, seq, at, task, task_id, None, None, None, None)
+            return
+        # Written column by column into a block of None: a few C-level slice assignments.
+        block: list[Any] = [None] * (RECORD * n)
+        block[0::RECORD] = [kind] * n
+        block[1::RECORD] = seqs
+        block[2::RECORD] = [at] * n
+        block[3::RECORD] = tasks
+        block[4::RECORD] = task_ids
+        self.log += block
+        if not self._scheduled:
+            self._schedule()
 
     def _count(self, kind: EventKind) -> list[tuple[Channel, str]] | None:
         """Some member may be full: count this event against each backlog, cut the full.
@@ -136,7 +168,7 @@ class SyncFanout:
                 taken = True
                 continue
             if m.cutoff is _NEVER:
-                m.cutoff = self.count
+                m.cutoff = len(self.log) // RECORD
                 self._cut = True
             reason = self._drop(ch, kind)
             if reason is not None:
@@ -167,7 +199,6 @@ class SyncFanout:
         members = self.members
         cut = self._cut
         self.log = []
-        self.count = 0
         self._counted = self._cut = False
         if log:
             self._deliver(log, members, cut, deadline)
