@@ -172,9 +172,18 @@ async def test_task_info_is_exact_in_every_state(
         runner = sup.add(tv.TaskSpec.restartable("runner", third_time_runs, backoff=FAST))
         assert sup.get(runner.id) == tv.TaskInfo(runner.id, "runner", S.WAITING, 0, 0, None)
         await recorder.wait_for(K.ATTEMPT_STARTING, task="runner", attempt=3)
-        assert sup.get("runner") == tv.TaskInfo(runner.id, "runner", S.RUNNING, 3, 2, "no 2")
+        running = sup.get("runner")
+        assert running is not None
+        assert running.started_at is not None
+        assert running.next_attempt_at is None
+        assert running.last_success_at is None
+        assert running == tv.TaskInfo(
+            runner.id, "runner", S.RUNNING, 3, 2, "no 2", started_at=running.started_at
+        )
         assert sup.remove("runner")
-        assert sup.get("runner") == tv.TaskInfo(runner.id, "runner", S.STOPPING, 3, 2, "no 2")
+        assert sup.get("runner") == tv.TaskInfo(
+            runner.id, "runner", S.STOPPING, 3, 2, "no 2", started_at=running.started_at
+        )
         gate.set()
         async with asyncio.timeout(GUARD):
             await runner
@@ -195,7 +204,12 @@ async def test_waiting_task_reports_waiting_until_it_gets_the_slot(
         async with asyncio.timeout(GUARD):
             await holder.cancel()
         await recorder.wait_for(K.ATTEMPT_STARTING, task="waiter")
-        assert sup.get("waiter") == tv.TaskInfo(waiter.id, "waiter", S.RUNNING, 1, 0, None)
+        info = sup.get("waiter")
+        assert info is not None
+        assert info.started_at is not None
+        assert info == tv.TaskInfo(
+            waiter.id, "waiter", S.RUNNING, 1, 0, None, started_at=info.started_at
+        )
 
 
 # --------------------------------------------------------------------------- cancel / remove

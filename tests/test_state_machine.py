@@ -870,7 +870,11 @@ class SupervisorMachine(RuleBasedStateMachine):
         for info in listed:
             assert sup.get(info.name) == sup.get(info.id)
             assert sup.is_alive(info.name)
-            assert info.restarts == max(0, info.attempt - 1)
+            # Restarts are attempts started after a failed one (SPEC §13): never more than
+            # the attempts after the first, none before a failure.
+            assert 0 <= info.restarts <= max(0, info.attempt - 1)
+            if info.last_error is None:
+                assert info.restarts == 0
         for name in NAMES:
             assert sup.is_alive(name) is any(i.name == name for i in listed)
         # Slots: one owner each, and it is a registered task of that slot.

@@ -37,6 +37,7 @@ from ._spec import TaskDefaults, TaskSpec
 from ._subscriber import Subscriber
 from ._supervisor import Supervisor
 from ._threaded import threaded
+from .subscribers import JsonLinesSubscriber, LogSubscriber  # after the names they import
 
 __all__ = [
     "AdmissionPolicy",
@@ -53,6 +54,8 @@ __all__ = [
     "Fail",
     "Fatal",
     "JitterPolicy",
+    "JsonLinesSubscriber",
+    "LogSubscriber",
     "OutcomeKind",
     "RejectionKind",
     "RestartMode",
@@ -83,7 +86,7 @@ __version__ = "0.1.0"
 
 for _name in __all__:
     _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("taskvisor._"):
+    if getattr(_obj, "__module__", "").startswith("taskvisor."):
         with _suppress(AttributeError, TypeError):
             _obj.__module__ = "taskvisor"
 del _name, _obj, _suppress

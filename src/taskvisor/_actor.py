@@ -8,12 +8,13 @@ releases the name and resolves the handle.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 
 from . import _attempt as attempt
 from . import _testhooks
-from ._attempt import AttemptEnd, describe
+from ._attempt import AttemptEnd, AttemptResult, describe
 from ._events import BackoffSource, EventKind
 from ._fanout import Bus
 from ._outcome import OutcomeKind, TaskOutcome
@@ -24,6 +25,8 @@ from ._spec import TaskDefaults, policies
 _ALWAYS = RestartMode.ALWAYS
 _WAITING = TaskState.WAITING
 _BACKOFF = TaskState.BACKOFF
+_SCHEDULED = TaskState.SCHEDULED
+_rng = random.Random()  # jitter of periodic schedules
 
 _MIN_RESTART_SPACING = 0.001
 """Under ``always()`` without interval, attempts start at least this far apart."""
@@ -34,22 +37,32 @@ def stopped_outcome(rec: TaskRecord) -> TaskOutcome:
     if rec.forced:
         return TaskOutcome(
             OutcomeKind.FORCE_ABORTED,
-            "force-stopped after the grace period",
+            _with_last_error("force-stopped after the grace period", rec),
             attempts=rec.attempt,
+            result=rec.result,
         )
     # A CancelledError nobody requested (the body's own, or the loop's) is a cooperative stop.
     reason = "stopped on request" if rec.requested else "cancelled without a stop request"
-    return TaskOutcome(OutcomeKind.CANCELED, reason, attempts=rec.attempt)
+    return TaskOutcome(
+        OutcomeKind.CANCELED, _with_last_error(reason, rec), attempts=rec.attempt, result=rec.result
+    )
+
+
+def _with_last_error(reason: str, rec: TaskRecord) -> str:
+    """A task that never succeeded ends with its last error in every summary (SPEC §13)."""
+    if rec.last_success_at is None and rec.last_error is not None:
+        return f"{reason}; last error: {rec.last_error}"
+    return reason
 
 
 _COMPLETED = [TaskOutcome(OutcomeKind.COMPLETED, attempts=n) for n in range(64)]
 
 
-def _completed(attempts: int) -> TaskOutcome:
+def _completed(attempts: int, result: object) -> TaskOutcome:
     # Outcomes are immutable: the common ones are shared instead of built per task.
-    if attempts < len(_COMPLETED):
+    if result is None and attempts < len(_COMPLETED):
         return _COMPLETED[attempts]
-    return TaskOutcome(OutcomeKind.COMPLETED, attempts=attempts)
+    return TaskOutcome(OutcomeKind.COMPLETED, attempts=attempts, result=result)
 
 
 class SlotPool:
@@ -84,16 +97,21 @@ async def drive(
     outcome to ``finish`` (the supervisor's cleanup).
     """
     rec.started = True
-    spec = policies(rec.spec, defaults)
-    restart = spec.restart
+    p = policies(rec.spec, defaults)
+    restart = p.restart
     always = restart.mode is _ALWAYS
-    backoff = spec.backoff
-    max_retries = spec.max_retries
-    timeout = spec.timeout
-    streak = 0
+    schedule = rec.spec.schedule
+    timeout = p.timeout
+    streak = 0  # failed attempts in a row (the retry budget, the backoff's exponent)
     previous_delay: float | None = None
+    after_failure = False  # the next attempt is a restart (SPEC §10.3, TaskInfo.restarts)
+    grid_start: float | None = None  # fixed rate: when the first attempt started
     outcome: TaskOutcome
     try:
+        if schedule is not None and not rec.requested:
+            first = schedule.first_wait(time.time())
+            if first > 0:
+                await _wait(rec, first, _SCHEDULED)
         while True:
             if rec.requested:
                 outcome = stopped_outcome(rec)
@@ -105,81 +123,89 @@ async def drive(
                     slots.release(rec)
                     outcome = stopped_outcome(rec)
                     break
-            started = time.monotonic() if always else 0.0
+            if after_failure:
+                rec.restarts += 1
+            started = time.monotonic()
+            if grid_start is None:
+                grid_start = started
             deadline: asyncio.Timeout | None = None
             try:
                 try:
                     body = attempt.begin(rec, bus)
                     if timeout is None:
-                        await body
+                        value = await body
                     else:
                         async with asyncio.timeout(timeout) as deadline:
-                            await body
+                            value = await body
                 finally:
                     if slots is not None:
                         slots.release(rec)
             except asyncio.CancelledError:
                 attempt.canceled(rec, bus)
+                if _restarting(rec):
+                    after_failure = False
+                    continue
                 outcome = stopped_outcome(rec)
                 break
             except Exception as exc:
-                result = attempt.failed(rec, bus, exc, deadline, timeout)
+                result = attempt.failed(rec, bus, exc, deadline, timeout, p.retry_on)
             except BaseException as exc:
                 # KeyboardInterrupt, SystemExit, another BaseException: one terminal event,
                 # then it propagates (never swallowed, never retried). GeneratorExit is the
                 # coroutine being closed, not an end of the body.
                 if not isinstance(exc, GeneratorExit):
-                    attempt.failed(rec, bus, exc, None, timeout)
+                    attempt.failed(rec, bus, exc, None, timeout, None)
                 raise
             else:
-                attempt.succeeded(rec, bus)
+                attempt.succeeded(rec, bus, value)
+                after_failure = False
+                if _restarting(rec):
+                    continue  # the body swallowed a restart's cancellation: restart all the same
                 if not always and not rec.requested:
-                    outcome = _completed(rec.attempt)
+                    outcome = _completed(rec.attempt, value)
                     break
                 if rec.requested:
                     outcome = stopped_outcome(rec)
                     break
                 streak = 0
                 previous_delay = None
-                if restart.interval is not None:
+                now = time.monotonic()
+                if schedule is not None:
+                    delay = schedule.wait_after_success(
+                        restart.interval, grid_start, now, time.time(), _rng
+                    )
+                elif restart.interval is not None:
                     delay = restart.interval
                 else:
-                    delay = max(0.0, started + _MIN_RESTART_SPACING - time.monotonic())
-                _backoff(rec, bus, delay, BackoffSource.SUCCESS, None)
-                await asyncio.sleep(delay)
+                    delay = max(0.0, started + _MIN_RESTART_SPACING - now)
+                await _wait(rec, delay, _SCHEDULED, bus, BackoffSource.SUCCESS)
                 continue
             # a failed attempt (not a stop): the restart policy and the budget decide
             if rec.requested:
                 outcome = stopped_outcome(rec)
                 break
             rec.last_error = result.reason
+            if _restarting(rec):  # a restart's cancellation ended as a failure
+                after_failure = False
+                continue
             if result.end is AttemptEnd.FATAL:
-                outcome = TaskOutcome(
-                    OutcomeKind.FATAL,
-                    result.reason,
-                    result.exit_code,
-                    result.error,
-                    attempts=rec.attempt,
-                )
+                outcome = _ended(OutcomeKind.FATAL, rec, result)
                 break
+            if p.reset_after is not None and result.duration >= p.reset_after:
+                streak = 0  # it ran long enough: a new failure streak begins with it
+                previous_delay = None
             streak += 1
             if restart.mode is RestartMode.NEVER or (
-                max_retries is not None and streak > max_retries
+                p.max_retries is not None and streak > p.max_retries
             ):
-                outcome = TaskOutcome(
-                    OutcomeKind.FAILED,
-                    result.reason,
-                    result.exit_code,
-                    result.error,
-                    attempts=rec.attempt,
-                )
+                outcome = _ended(OutcomeKind.FAILED, rec, result)
                 break
-            delay = backoff.delay(streak - 1, previous_delay)
+            delay = p.backoff.delay(streak - 1, previous_delay)
             previous_delay = delay
             if _testhooks.zero_backoff:  # taskvisor.testing.no_backoff()
                 delay = 0.0
-            _backoff(rec, bus, delay, BackoffSource.FAILURE, result.reason)
-            await asyncio.sleep(delay)
+            after_failure = True
+            await _wait(rec, delay, _BACKOFF, bus, BackoffSource.FAILURE, result.reason)
     except asyncio.CancelledError:
         # A stop request ended a slot or backoff wait.
         outcome = stopped_outcome(rec)
@@ -187,18 +213,65 @@ async def drive(
         # Resolve the outcome first. KeyboardInterrupt/SystemExit (or a bug of ours) then
         # propagate, as Python does; any other BaseException the body raised is kept in the
         # outcome's ``error``: re-raising it would leave it in this runner task, unretrieved.
-        finish(rec, TaskOutcome(OutcomeKind.FAILED, describe(exc), None, exc, attempts=rec.attempt))
+        finish(
+            rec,
+            TaskOutcome(
+                OutcomeKind.FAILED,
+                describe(exc),
+                None,
+                exc,
+                attempts=rec.attempt,
+                result=rec.result,
+            ),
+        )
         if isinstance(exc, KeyboardInterrupt | SystemExit | Exception):
             raise
         return
     finish(rec, outcome)
 
 
-def _backoff(
-    rec: TaskRecord, bus: Bus, delay: float, source: BackoffSource, reason: str | None
+def _ended(kind: OutcomeKind, rec: TaskRecord, result: AttemptResult) -> TaskOutcome:
+    return TaskOutcome(
+        kind,
+        result.reason,
+        result.exit_code,
+        result.error,
+        attempts=rec.attempt,
+        result=rec.result,
+    )
+
+
+def _restarting(rec: TaskRecord) -> bool:
+    """Whether the cancellation just caught was ``Supervisor.restart``'s (not a stop).
+
+    If so, the runner's own cancellation count is taken back, so that the next attempt's
+    timeout works as if it never happened.
+    """
+    if rec.restarted is None or rec.requested:
+        return False
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return True
+
+
+async def _wait(
+    rec: TaskRecord,
+    delay: float,
+    state: TaskState,
+    bus: Bus | None = None,
+    source: BackoffSource | None = None,
+    reason: str | None = None,
 ) -> None:
-    rec.state = _BACKOFF
-    if bus.listening:
+    """Wait ``delay`` seconds before the next attempt, in ``state`` (BACKOFF or SCHEDULED).
+
+    Publishes ``BACKOFF_SCHEDULED`` when given the ``bus`` (not before a first attempt: a
+    task's events begin with its first ``ATTEMPT_STARTING``). A stop ends the wait by
+    cancellation; ``Supervisor.restart`` ends it early.
+    """
+    rec.state = state
+    rec.next_attempt_at = time.time() + delay
+    if bus is not None and bus.listening:
         bus.publish(
             EventKind.BACKOFF_SCHEDULED,
             rec.name,
@@ -208,3 +281,8 @@ def _backoff(
             backoff_source=source,
             reason=reason,
         )
+    try:
+        await asyncio.sleep(delay)
+    except asyncio.CancelledError:
+        if not _restarting(rec):
+            raise

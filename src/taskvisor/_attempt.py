@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._context import TaskContext
-from ._errors import Fatal, TaskError
+from ._errors import Fail, Fatal, TaskError
 from ._events import EventKind
 from ._fanout import Bus
 from ._registry import TaskRecord, TaskState
@@ -37,19 +37,21 @@ class AttemptEnd(enum.Enum):
 class AttemptResult:
     """What the actor needs to know about a finished attempt."""
 
-    __slots__ = ("end", "error", "exit_code", "reason")
+    __slots__ = ("duration", "end", "error", "exit_code", "reason")
 
     def __init__(
         self,
         end: AttemptEnd,
-        reason: str | None = None,
-        exit_code: int | None = None,
-        error: BaseException | None = None,
+        reason: str,
+        exit_code: int | None,
+        error: BaseException | None,
+        duration: float,
     ) -> None:
         self.end = end
         self.reason = reason
         self.exit_code = exit_code
         self.error = error
+        self.duration = duration  # seconds the attempt ran
 
 
 def describe(exc: BaseException) -> str:
@@ -70,8 +72,15 @@ def begin(rec: TaskRecord, bus: Bus) -> Awaitable[Any]:
     attempt = rec.attempt
     rec.state = _RUNNING
     rec.attempt_started = time.perf_counter()  # cleared when the attempt ends
+    rec.started_at = time.time()
+    rec.next_attempt_at = None
     if bus.listening:
         bus.publish(_STARTING, rec.name, rec.id, attempt)
+    restarted = rec.restarted
+    if restarted is not None:  # ``Supervisor.restart`` returns once this attempt began
+        rec.restarted = None
+        if not restarted.done():
+            restarted.set_result(True)
     spec = rec.spec
     fn: Callable[..., Awaitable[Any]] = spec.fn
     if spec.takes_context:
@@ -88,8 +97,10 @@ def _end(rec: TaskRecord) -> float | None:
     return time.perf_counter() - started
 
 
-def succeeded(rec: TaskRecord, bus: Bus) -> None:
-    """The body returned: publish ``ATTEMPT_SUCCEEDED``."""
+def succeeded(rec: TaskRecord, bus: Bus, value: object) -> None:
+    """The body returned ``value``: publish ``ATTEMPT_SUCCEEDED``, keep the result."""
+    rec.result = value
+    rec.last_success_at = time.time()
     _close(rec, bus, _SUCCEEDED)
 
 
@@ -114,24 +125,35 @@ def failed(
     exc: BaseException,
     deadline: asyncio.Timeout | None,
     timeout: float | None,
+    retry_on: tuple[type[BaseException], ...] | None,
 ) -> AttemptResult:
-    """The body raised: publish ``ATTEMPT_TIMED_OUT`` or ``ATTEMPT_FAILED``.
+    """The body raised: publish ``ATTEMPT_TIMED_OUT`` or ``ATTEMPT_FAILED``; classify it.
 
     ``ATTEMPT_TIMED_OUT`` only if the attempt timeout fired: a body's own ``TimeoutError``
-    is an ordinary failure.
+    is an ordinary failure. ``Fatal`` ends the task; so does any exception but ``Fail`` that
+    is none of ``retry_on`` (when given).
     """
     duration = _end(rec)
-    publish = duration is not None and bus.listening
+    closed = duration is not None
+    if duration is None:  # closed already (abandoned by the supervisor)
+        duration = 0.0
+    voice = bus.voice
     if deadline is not None and isinstance(exc, TimeoutError) and deadline.expired():
-        if publish:
+        if closed and bus.listening:
             bus.publish(
                 EventKind.ATTEMPT_TIMED_OUT, rec.name, rec.id, rec.attempt, duration,
                 timeout=timeout,
             )  # fmt: skip
-        return AttemptResult(AttemptEnd.TIMED_OUT, f"attempt timed out after {timeout}s", None, exc)
+        if closed and voice is not None:
+            voice.attempt_timed_out(rec.name, rec.attempt, timeout)
+        return AttemptResult(
+            AttemptEnd.TIMED_OUT, f"attempt timed out after {timeout}s", None, exc, duration
+        )
     reason = describe(exc)
     exit_code = exc.exit_code if isinstance(exc, TaskError) else None
-    if publish:
+    if closed and voice is not None:
+        voice.attempt_failed(rec.name, rec.attempt, reason, exc)
+    if closed and bus.listening:
         bus.publish(
             EventKind.ATTEMPT_FAILED,
             rec.name,
@@ -142,5 +164,9 @@ def failed(
             exit_code=exit_code,
             error=exc,
         )
-    how = AttemptEnd.FATAL if isinstance(exc, Fatal) else AttemptEnd.FAILED
-    return AttemptResult(how, reason, exit_code, exc)
+    fatal = isinstance(exc, Fatal) or (
+        retry_on is not None and not isinstance(exc, Fail) and not isinstance(exc, retry_on)
+    )
+    return AttemptResult(
+        AttemptEnd.FATAL if fatal else AttemptEnd.FAILED, reason, exit_code, exc, duration
+    )

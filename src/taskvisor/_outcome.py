@@ -1,6 +1,6 @@
 """A task's one final result: ``TaskOutcome``, its kinds, and the ``TaskHandle`` that awaits it."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: see ``_config.py``.
 
 import asyncio
 import enum
@@ -44,6 +44,8 @@ class TaskOutcome:
     error: BaseException | None = None
     rejection: RejectionKind | None = None
     attempts: int = 0
+    result: Any = None
+    """What the last successful attempt returned (``None`` if none succeeded)."""
 
     @property
     def ok(self) -> bool:

@@ -25,7 +25,9 @@ class TaskState(enum.StrEnum):
     RUNNING = "running"
     """An attempt is running."""
     BACKOFF = "backoff"
-    """Waiting out a backoff delay or a periodic interval."""
+    """Waiting out a backoff delay after a failed attempt."""
+    SCHEDULED = "scheduled"
+    """Waiting for the next run of a periodic or cron task after a success (or its first)."""
     STOPPING = "stopping"
     """A stop was requested; cleanup has not finished yet."""
 
@@ -43,15 +45,29 @@ class TaskInfo:
     attempt: int
     """Number of the current or last attempt; 0 before the first."""
     restarts: int
-    """Attempts started after the first."""
+    """Attempts started after a failed attempt (a healthy periodic task shows 0)."""
     last_error: str | None
     """Reason of the last failed attempt, if any."""
+    started_at: float | None = None
+    """When the current (or last) attempt started (epoch seconds)."""
+    last_success_at: float | None = None
+    """When an attempt last succeeded (epoch seconds)."""
+    next_attempt_at: float | None = None
+    """When the next attempt is due (epoch seconds); ``None`` while an attempt runs."""
 
 
 _new = object.__new__
-_set_id, _set_name, _set_state, _set_attempt, _set_restarts, _set_last_error = (
-    TaskInfo.__dict__[field].__set__ for field in TaskInfo.__slots__
-)
+(
+    _set_id,
+    _set_name,
+    _set_state,
+    _set_attempt,
+    _set_restarts,
+    _set_last_error,
+    _set_started_at,
+    _set_last_success_at,
+    _set_next_attempt_at,
+) = (TaskInfo.__dict__[field].__set__ for field in TaskInfo.__slots__)
 
 
 class TaskRecord(StopSignal):
@@ -70,13 +86,19 @@ class TaskRecord(StopSignal):
         "holds_slot",
         "id",
         "last_error",
+        "last_success_at",
         "name",
+        "next_attempt_at",
         "on_cleanup",
         "outcome",
         "outcome_waiters",
+        "restarted",
+        "restarts",
+        "result",
         "runner",
         "spec",
         "started",
+        "started_at",
         "state",
         "timers",
     )
@@ -102,6 +124,13 @@ class TaskRecord(StopSignal):
         # perf_counter() at the start of the attempt in flight; None once its terminal event is out
         self.attempt_started: float | None = None
         self.last_error: str | None = None
+        self.restarts = 0  # attempts started after a failed attempt
+        self.result: object = None  # what the last successful attempt returned
+        self.started_at: float | None = None  # wall clock, of the current or last attempt
+        self.last_success_at: float | None = None
+        self.next_attempt_at: float | None = None
+        # ``Supervisor.restart``: resolved once the next attempt has started.
+        self.restarted: asyncio.Future[bool] | None = None
         self.runner: asyncio.Task[None] | None = None
         self.timers: list[asyncio.TimerHandle] | None = None
         self.finalized = False
@@ -141,13 +170,15 @@ class TaskRecord(StopSignal):
         # Built through the slots, not the frozen dataclass __init__: ``list()`` makes one
         # per task, and object.__setattr__ per field would double its cost.
         info = _new(TaskInfo)
-        attempt = self.attempt
         _set_id(info, self.id)
         _set_name(info, self.name)
         _set_state(info, TaskState.STOPPING if self.requested else self.state)
-        _set_attempt(info, attempt)
-        _set_restarts(info, attempt - 1 if attempt else 0)
+        _set_attempt(info, self.attempt)
+        _set_restarts(info, self.restarts)
         _set_last_error(info, self.last_error)
+        _set_started_at(info, self.started_at)
+        _set_last_success_at(info, self.last_success_at)
+        _set_next_attempt_at(info, self.next_attempt_at)
         return info
 
 

@@ -10,13 +10,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from types import CodeType, FunctionType
 from typing import Any, Final, NamedTuple, Self
+from zoneinfo import ZoneInfo
 
 from ._context import TaskContext
 from ._policies import BackoffPolicy, RestartPolicy
+from ._schedule import Schedule, check_tz
 from ._validate import check_duration, check_int, check_name
 
 TaskFn = Callable[[TaskContext], Awaitable[Any]] | Callable[[], Awaitable[Any]]
 """A task body: an ``async def`` taking a ``TaskContext`` or nothing."""
+
+RetryOn = type[BaseException] | tuple[type[BaseException], ...] | None
+"""``retry_on``: the exception types worth a retry (``None``: every exception)."""
 
 
 class _Unset(enum.Enum):
@@ -40,19 +45,45 @@ def _is_async_callable(fn: object) -> bool:
 
 
 def _takes_context(fn: Callable[..., Any]) -> bool:
-    """Whether the body wants the ``TaskContext`` (it accepts a positional parameter)."""
+    """Whether the body is called with the ``TaskContext`` (else with no argument).
+
+    It is when it can be called with one positional argument; else it must be callable with
+    none. Anything else is refused with a ``TypeError`` naming its signature.
+    """
     code = getattr(fn, "__code__", None)
     if code is not None and inspect.isfunction(fn):
         # Plain functions: read from the code object (inspect.signature is much slower).
-        return code.co_argcount > 0 or bool(code.co_flags & inspect.CO_VARARGS)
+        defaults = len(fn.__defaults__ or ())
+        required = code.co_argcount - defaults
+        varargs = bool(code.co_flags & inspect.CO_VARARGS)
+        kwonly = code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
+        missing_kwonly = [n for n in kwonly if n not in (fn.__kwdefaults__ or {})]
+        one = required <= 1 and (code.co_argcount >= 1 or varargs)
+        if not missing_kwonly and (one or required == 0):
+            return one
+        raise _uncallable(fn)
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # builtins without a signature: pass the context
         return True
-    for p in sig.parameters.values():
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL):
-            return True
-    return False
+    for args in ((None,), ()):
+        try:
+            sig.bind(*args)
+        except TypeError:
+            continue
+        return bool(args)
+    raise _uncallable(fn)
+
+
+def _uncallable(fn: Callable[..., Any]) -> TypeError:
+    try:
+        shown = f"{getattr(fn, '__qualname__', type(fn).__name__)}{inspect.signature(fn)}"
+    except (TypeError, ValueError):
+        shown = repr(fn)
+    return TypeError(
+        f"fn must be callable as fn(ctx) or fn(), but its signature is {shown}: the "
+        "supervisor passes the TaskContext as the only argument, or nothing"
+    )
 
 
 _CHECKED: dict[CodeType, bool] = {}
@@ -106,6 +137,26 @@ def _check_timeout(value: object) -> float | None:
     return None if t == 0 else t  # a timeout of 0 means "no timeout"
 
 
+def _check_reset_after(value: object) -> float | None:
+    if value is None:
+        return None
+    return check_duration("reset_after", value, positive=True)
+
+
+def _check_retry_on(value: object) -> tuple[type[BaseException], ...] | None:
+    """``None`` (retry every exception), an exception type, or a collection of them."""
+    if value is None:
+        return None
+    items = (value,) if isinstance(value, type) else value
+    if isinstance(items, str | bytes) or not isinstance(items, tuple | list | set | frozenset):
+        raise TypeError(f"retry_on must be a tuple of exception types, got {type(value).__name__}")
+    kinds = tuple(items)
+    for kind in kinds:
+        if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+            raise TypeError(f"retry_on must hold exception types, got {kind!r}")
+    return kinds
+
+
 _DEFAULT_BACKOFF = BackoffPolicy()
 _INF = float("inf")
 
@@ -118,17 +169,28 @@ class TaskDefaults:
     backoff: BackoffPolicy = _DEFAULT_BACKOFF
     timeout: float | None = None
     max_retries: int | None = None
+    reset_after: float | None = None
+    retry_on: tuple[type[BaseException], ...] | None = None
 
     def __post_init__(self) -> None:
         _check_restart(self.restart)
         _check_backoff(self.backoff)
         object.__setattr__(self, "timeout", _check_timeout(self.timeout))
         check_int("max_retries", self.max_retries, minimum=0, allow_none=True)
+        object.__setattr__(self, "reset_after", _check_reset_after(self.reset_after))
+        object.__setattr__(self, "retry_on", _check_retry_on(self.retry_on))
 
 
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
-    """A named async body plus its policies; keywords left out inherit ``TaskDefaults``."""
+    """A named async body plus its policies; keywords left out inherit ``TaskDefaults``.
+
+    ``reset_after``: a failed attempt that ran at least this long starts a new failure
+    streak (budget and backoff start over). ``retry_on``: the exception types worth a retry
+    (``Fail`` always is, ``Fatal`` never); any other ends the task as ``Fatal`` would.
+    ``schedule`` is set by ``periodic`` (``fixed_rate``, ``jitter``, ``first_delay``) and
+    ``cron``.
+    """
 
     name: str
     fn: TaskFn
@@ -136,6 +198,9 @@ class TaskSpec:
     backoff: BackoffPolicy | _Unset = UNSET
     timeout: float | _Unset | None = UNSET
     max_retries: int | _Unset | None = UNSET
+    reset_after: float | _Unset | None = UNSET
+    retry_on: tuple[type[BaseException], ...] | _Unset | None = UNSET
+    schedule: Schedule | None = None
     _takes_context: bool = field(init=False, repr=False, compare=False, default=False)
 
     def __init__(
@@ -147,6 +212,9 @@ class TaskSpec:
         backoff: BackoffPolicy | _Unset = UNSET,
         timeout: float | _Unset | None = UNSET,
         max_retries: int | _Unset | None = UNSET,
+        reset_after: float | _Unset | None = UNSET,
+        retry_on: RetryOn | _Unset = UNSET,
+        schedule: Schedule | None = None,
     ) -> None:
         # Each check's common case is tested inline; the full check (and its error) otherwise.
         if type(name) is not str or not name:
@@ -160,12 +228,24 @@ class TaskSpec:
             timeout = _check_timeout(timeout)
         if max_retries is not UNSET and not (type(max_retries) is int and max_retries >= 0):
             check_int("max_retries", max_retries, minimum=0, allow_none=True)
+        if reset_after is not UNSET:
+            reset_after = _check_reset_after(reset_after)
+        if retry_on is not UNSET:
+            retry_on = _check_retry_on(retry_on)
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise TypeError(
+                "schedule is set by TaskSpec.periodic or TaskSpec.cron, "
+                f"got {type(schedule).__name__}"
+            )
         _set_name(self, name)
         _set_fn(self, fn)
         _set_restart(self, restart)
         _set_backoff(self, backoff)
         _set_timeout(self, timeout)
         _set_max_retries(self, max_retries)
+        _set_reset_after(self, reset_after)
+        _set_retry_on(self, retry_on)
+        _set_schedule(self, schedule)
         _set_takes_context(self, takes_context)
 
     @classmethod
@@ -177,6 +257,8 @@ class TaskSpec:
         backoff: BackoffPolicy | _Unset = UNSET,
         timeout: float | _Unset | None = UNSET,
         max_retries: int | _Unset | None = UNSET,
+        reset_after: float | _Unset | None = UNSET,
+        retry_on: RetryOn | _Unset = UNSET,
     ) -> Self:
         """A task that runs one attempt (restart ``NEVER``)."""
         return cls(
@@ -186,6 +268,8 @@ class TaskSpec:
             backoff=backoff,
             timeout=timeout,
             max_retries=max_retries,
+            reset_after=reset_after,
+            retry_on=retry_on,
         )
 
     @classmethod
@@ -197,6 +281,8 @@ class TaskSpec:
         backoff: BackoffPolicy | _Unset = UNSET,
         timeout: float | _Unset | None = UNSET,
         max_retries: int | _Unset | None = UNSET,
+        reset_after: float | _Unset | None = UNSET,
+        retry_on: RetryOn | _Unset = UNSET,
     ) -> Self:
         """A task retried after failures until it succeeds (restart ``ON_FAILURE``)."""
         return cls(
@@ -206,6 +292,8 @@ class TaskSpec:
             backoff=backoff,
             timeout=timeout,
             max_retries=max_retries,
+            reset_after=reset_after,
+            retry_on=retry_on,
         )
 
     @classmethod
@@ -215,12 +303,25 @@ class TaskSpec:
         fn: TaskFn,
         every: float,
         *,
+        fixed_rate: bool = False,
+        jitter: float = 0.0,
+        first_delay: float = 0.0,
         backoff: BackoffPolicy | _Unset = UNSET,
         timeout: float | _Unset | None = UNSET,
         max_retries: int | _Unset | None = UNSET,
+        reset_after: float | _Unset | None = UNSET,
+        retry_on: RetryOn | _Unset = UNSET,
     ) -> Self:
-        """A task run again ``every`` seconds after each success (restart ``always``)."""
+        """A task run again ``every`` seconds after each success (restart ``always``).
+
+        ``fixed_rate=True``: runs start on the grid first start + k × ``every`` (a run that
+        overran skips the ticks it missed). ``jitter``: a uniform ``[0, jitter]`` seconds
+        added to each wait. ``first_delay``: seconds before the first run.
+        """
         interval = check_duration("every", every, positive=True)
+        schedule = None
+        if fixed_rate or jitter or first_delay:
+            schedule = Schedule(first_delay=first_delay, jitter=jitter, fixed_rate=fixed_rate)
         return cls(
             name,
             fn,
@@ -228,6 +329,44 @@ class TaskSpec:
             backoff=backoff,
             timeout=timeout,
             max_retries=max_retries,
+            reset_after=reset_after,
+            retry_on=retry_on,
+            schedule=schedule,
+        )
+
+    @classmethod
+    def cron(
+        cls,
+        name: str,
+        fn: TaskFn,
+        expression: str,
+        *,
+        tz: ZoneInfo | str | None = None,
+        jitter: float = 0.0,
+        backoff: BackoffPolicy | _Unset = UNSET,
+        timeout: float | _Unset | None = UNSET,
+        max_retries: int | _Unset | None = UNSET,
+        reset_after: float | _Unset | None = UNSET,
+        retry_on: RetryOn | _Unset = UNSET,
+    ) -> Self:
+        """A task run on a five-field cron schedule (extra ``taskvisor[cron]``).
+
+        The first run is at the first matching time after the task is added; after a
+        success the next is at the next matching time; a failure is retried by backoff.
+        ``tz``: a ``zoneinfo.ZoneInfo``, a zone name, or ``None`` (local time). A bad
+        expression raises ``ValueError`` naming it.
+        """
+        schedule = Schedule(jitter=jitter, cron=expression, tz=check_tz(tz))
+        return cls(
+            name,
+            fn,
+            restart=RestartPolicy.always(),
+            backoff=backoff,
+            timeout=timeout,
+            max_retries=max_retries,
+            reset_after=reset_after,
+            retry_on=retry_on,
+            schedule=schedule,
         )
 
     @property
@@ -247,6 +386,9 @@ class TaskSpec:
             backoff=p.backoff,
             timeout=p.timeout,
             max_retries=p.max_retries,
+            reset_after=p.reset_after,
+            retry_on=p.retry_on,
+            schedule=self.schedule,
         )
 
 
@@ -259,6 +401,9 @@ class TaskSpec:
     _set_backoff,
     _set_timeout,
     _set_max_retries,
+    _set_reset_after,
+    _set_retry_on,
+    _set_schedule,
     _set_takes_context,
 ) = (TaskSpec.__dict__[f.name].__set__ for f in fields(TaskSpec))
 
@@ -273,6 +418,8 @@ class Policies(NamedTuple):
     backoff: BackoffPolicy
     timeout: float | None
     max_retries: int | None
+    reset_after: float | None
+    retry_on: tuple[type[BaseException], ...] | None
 
 
 def policies(spec: TaskSpec, defaults: TaskDefaults) -> Policies:
@@ -285,6 +432,8 @@ def policies(spec: TaskSpec, defaults: TaskDefaults) -> Policies:
             defaults.backoff if spec.backoff is UNSET else spec.backoff,
             defaults.timeout if spec.timeout is UNSET else spec.timeout,
             defaults.max_retries if spec.max_retries is UNSET else spec.max_retries,
+            defaults.reset_after if spec.reset_after is UNSET else spec.reset_after,
+            defaults.retry_on if spec.retry_on is UNSET else spec.retry_on,
         ),
     )
 

@@ -12,6 +12,7 @@ import asyncio
 import signal
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 
 from ._actor import SlotPool, drive
 from ._config import ShutdownReport, SupervisorConfig
@@ -32,6 +33,7 @@ from ._shutdown import Stopper, install_signal_handlers
 from ._spec import TaskDefaults, TaskSpec
 from ._subscriber import DEFAULT_QUEUE_CAPACITY, as_subscriber
 from ._validate import check_duration, check_int
+from ._voice import Voice
 
 _ADD_REQUESTED = EventKind.TASK_ADD_REQUESTED
 _ADDED = EventKind.TASK_ADDED
@@ -85,6 +87,11 @@ class Supervisor:
         self._defaults = defaults
         subscribers = list(subscribers)
         self._bus = Bus([as_subscriber(s) for s in subscribers])
+        if config.log:
+            from .subscribers import LogSubscriber  # its package imports this one
+
+            if not any(isinstance(s, LogSubscriber) for s in subscribers):
+                self._bus.voice = Voice()
         self._controller = None if controller is None else Controller(controller, _Port(self))
         self._registry = Registry()
         self._finish = self._cleanup  # one bound method for every runner, not one per task
@@ -95,6 +102,10 @@ class Supervisor:
         self._closing = False
         self._running = False
         self._shutdown_task: asyncio.Task[ShutdownReport] | None = None
+        self._shutdown_begun = asyncio.Event()  # bound to a loop at its first wait
+        self._restore_signals: Callable[[], None] | None = None
+        self._forcing: str | None = None  # why the rest of the grace period was skipped
+        self._tracked: _List[TaskRecord] | None = None  # run(): every task it admitted
         self._skip_grace: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None  # set whenever a task is cleaned up
         for sub in subscribers:  # the optional hook (see ``Subscriber``), once fully built
@@ -142,10 +153,30 @@ class Supervisor:
             self._bind()
 
     async def start(self) -> None:
-        """Start the supervisor on the running loop (``async with`` does this)."""
-        self._bind()
+        """Start the supervisor on the running loop (``async with`` does this).
+
+        With ``handle_signals`` (the default), SIGINT and SIGTERM start the shutdown from
+        now on (a second one skips the rest of the grace period): use ``await sup.wait()``
+        to learn when it is over.
+        """
+        loop = self._bind()
         if self._closing:
             raise SupervisorClosed("the supervisor has been shut down")
+        self._install_signals(loop)
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._config.handle_signals and self._restore_signals is None:
+            self._restore_signals = install_signal_handlers(loop, self._on_signal)
+
+    async def wait(self) -> ShutdownReport:
+        """Return the ``ShutdownReport`` once the supervisor has shut down, whoever started it.
+
+        A signal, ``shutdown()``, an exceeded restart intensity: this waits for all of them.
+        Called before ``start``, it waits for a later start and shutdown.
+        """
+        await self._shutdown_begun.wait()
+        assert self._shutdown_task is not None
+        return await asyncio.shield(self._shutdown_task)
 
     async def __aenter__(self) -> Supervisor:
         await self.start()
@@ -207,6 +238,8 @@ class Supervisor:
         """Register and start one task whose name is known to be free."""
         rec = TaskRecord(task_id, spec, future, on_cleanup)
         self._registry.insert(rec)
+        if self._tracked is not None:
+            self._tracked.append(rec)
         if self._bus.listening:
             self._bus.publish(_ADDED, rec.name, task_id)
         self._launch(rec)
@@ -247,6 +280,12 @@ class Supervisor:
                 exit_code=outcome.exit_code,
             )
             bus.publish(_REMOVED, rec.name, rec.id)
+        if bus.voice is not None:
+            bus.voice.finished(rec.name, outcome)
+        if rec.restarted is not None:  # a restart asked for, but the task ended instead
+            if not rec.restarted.done():
+                rec.restarted.set_result(False)
+            rec.restarted = None
         rec.runner = None  # the runner is ending (it called us); drop the reference
         rec.resolve(outcome)
         if rec.on_cleanup is not None:
@@ -312,6 +351,27 @@ class Supervisor:
         if rec is None:
             return self._controller.remove_queued(key) if self._controller is not None else False
         return self._request_stop(rec)
+
+    async def restart(self, id_or_name: TaskKey) -> bool:
+        """Stop the current attempt as ``cancel`` would, then start the next one at once.
+
+        Same task (same id); neither a failure nor a restart for the restart counts and the
+        intensity. A wait in ``BACKOFF`` or ``SCHEDULED`` ends at once instead. ``False`` for
+        an unknown or finished task, or one ``WAITING`` or ``STOPPING`` (nothing changes);
+        ``True`` once the new attempt has published ``ATTEMPT_STARTING``.
+        """
+        key = _check_key(id_or_name)
+        self._check_thread()
+        rec = self._registry.lookup(key)
+        if rec is None or rec.finalized or rec.requested or rec.state is TaskState.WAITING:
+            return False
+        runner = rec.runner
+        if not rec.started or runner is None or runner.done():
+            return False
+        if rec.restarted is None:
+            rec.restarted = asyncio.get_running_loop().create_future()
+            runner.cancel()
+        return await asyncio.shield(rec.restarted)
 
     # ------------------------------------------------------------------ reading
 
@@ -398,11 +458,8 @@ class Supervisor:
         if self._closing:
             raise SupervisorClosed("the supervisor has been shut down")
         self._running = True
-        restore = (
-            install_signal_handlers(loop, self._on_signal)
-            if self._config.handle_signals
-            else _nothing
-        )
+        self._tracked = []
+        self._install_signals(loop)
         try:
             try:
                 await self._admit_batch(batch)
@@ -415,14 +472,10 @@ class Supervisor:
                     try:
                         await asyncio.shield(shutting)
                     except asyncio.CancelledError:
-                        assert self._skip_grace is not None
-                        self._skip_grace.set()
+                        self._force_now("run cancelled again")
                 raise
             return await self.shutdown()
-        except TaskAlreadyExists:
-            raise
         finally:
-            restore()
             self._running = False
 
     async def _admit_batch(self, batch: _List[TaskSpec]) -> None:
@@ -460,6 +513,8 @@ class Supervisor:
         records = [TaskRecord(new_task_id(), spec, None, None) for spec in batch]
         for rec in records:
             self._registry.insert(rec)
+        if self._tracked is not None:
+            self._tracked += records
 
         def admit(chunk: Sequence[TaskRecord]) -> None:
             if bus.listening:
@@ -485,8 +540,14 @@ class Supervisor:
         if self._shutdown_task is None:
             self._begin_shutdown(f"signal {sig.name}")
         else:
-            assert self._skip_grace is not None
-            self._skip_grace.set()
+            self._force_now(f"second signal ({sig.name})")
+
+    def _force_now(self, why: str) -> None:
+        """Skip the rest of the grace period: what still runs is forced now."""
+        if self._forcing is None:
+            self._forcing = why
+        assert self._skip_grace is not None
+        self._skip_grace.set()
 
     def _begin_shutdown(self, reason: str) -> asyncio.Task[ShutdownReport]:
         if self._shutdown_task is None:
@@ -497,6 +558,7 @@ class Supervisor:
             )
             assert self._changed is not None
             self._changed.set()
+            self._shutdown_begun.set()
         return self._shutdown_task
 
     async def shutdown(self) -> ShutdownReport:
@@ -519,11 +581,15 @@ class Supervisor:
             self._request_stop(rec, arm_force=False)
 
         def exceeded(stuck: tuple[str, ...]) -> None:
+            names = ", ".join(stuck)
+            if self._forcing is not None:  # honest words: the grace period did not run out
+                reason = f"{self._forcing}: forcing the stop now; still running: {names}"
+            else:
+                reason = f"still running after the {grace}s grace period: {names}"
+            if bus.voice is not None:
+                bus.voice.grace_exceeded(reason)
             if bus.listening:
-                bus.publish(
-                    EventKind.GRACE_EXCEEDED,
-                    reason=f"still running after {grace}s: {', '.join(stuck)}",
-                )
+                bus.publish(EventKind.GRACE_EXCEEDED, reason=reason)
 
         assert self._stopper is not None
         assert self._skip_grace is not None
@@ -531,7 +597,19 @@ class Supervisor:
         if not stuck and bus.listening:
             bus.publish(EventKind.ALL_STOPPED_WITHIN_GRACE)
         await bus.close(self._config.subscriber_shutdown_timeout)
-        return ShutdownReport(grace_exceeded=bool(stuck), stuck=stuck, grace=grace)
+        if self._restore_signals is not None:
+            self._restore_signals()
+        outcomes = {
+            rec.name: rec.outcome
+            for rec in (*(self._tracked or ()), *records)
+            if rec.outcome is not None
+        }
+        return ShutdownReport(
+            grace_exceeded=bool(stuck),
+            stuck=stuck,
+            grace=grace,
+            outcomes=MappingProxyType(outcomes),
+        )
 
 
 class _Port:
@@ -571,7 +649,3 @@ class _Port:
         changed = self._sup._changed
         if changed is not None:
             changed.set()  # `run()` waits for the controller to be idle
-
-
-def _nothing() -> None:
-    pass

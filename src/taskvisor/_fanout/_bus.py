@@ -13,6 +13,7 @@ from .._context import TaskId
 from .._events import DIAGNOSTIC_KINDS, BackoffSource, EventKind, build, next_seq, sequence
 from .._outcome import OutcomeKind, RejectionKind
 from .._subscriber import DEFAULT_QUEUE_CAPACITY, SubscriberRef
+from .._voice import Voice
 from ._channel import Channel
 from ._stream import EventStream
 from ._sync import Member, SyncFanout
@@ -74,6 +75,9 @@ class Bus:
         self._counting = False
         self.node: str | None = None
         """Stamped on every event (a cluster coordinator's node name)."""
+        self.voice: Voice | None = None
+        """The supervisor's default log (``_voice.py``), told of subscriber panics here and
+        of failures by whoever publishes them."""
         # Until ``start`` every subscriber is listed as a queue: what is published before
         # (nothing, in practice) waits for its consumer.
         self._queues = self._channels
@@ -259,9 +263,10 @@ class Bus:
     def panicked(self, ref: SubscriberRef, kind: EventKind | None, exc: BaseException) -> None:
         """``ref``'s ``on_event`` raised on an event of ``kind``: report it, unless diagnostic."""
         if kind is None or kind not in DIAGNOSTIC_KINDS:
-            self.publish(
-                EventKind.SUBSCRIBER_PANICKED, ref.name, reason=f"{type(exc).__name__}: {exc}"
-            )
+            reason = f"{type(exc).__name__}: {exc}"
+            if self.voice is not None:
+                self.voice.subscriber_panicked(ref.name, reason)
+            self.publish(EventKind.SUBSCRIBER_PANICKED, ref.name, reason=reason)
 
     def _promote(self, member: Member, pending: Awaitable[Any]) -> None:
         """A sync ``on_event`` returned an awaitable: give that subscriber a worker of its own."""
