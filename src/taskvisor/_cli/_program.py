@@ -129,6 +129,7 @@ class ProgramWatch(Watch):
         ready = plan.ready
         if ready is not None and ready.kind == "log" and not plan.once:
             self._log_matched = asyncio.Event()
+        program.ready_result = None
         self._cwd: str | None = plan.command_options.get("cwd")
         self._env: dict[str, str] | None = plan.command_options.get("env")
 
@@ -137,7 +138,6 @@ class ProgramWatch(Watch):
         program = self.program
         program.pid = pid
         program.started_at = time.time()
-        program.ready_result = None
         plan = self.plan
         log.info("task %r: %s started as pid %d", plan.name, plan.argv[0], pid)
         if plan.once:
