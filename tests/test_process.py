@@ -517,6 +517,8 @@ async def test_a_watch_sees_the_pid_and_output_and_can_end_the_attempt(
     seen: list[tuple[str, object]] = []
 
     class Probe(Watch):
+        judges = True
+
         def started(self, pid: int) -> None:
             seen.append(("pid", pid))
 

@@ -74,9 +74,16 @@ class Watch:
     preexec: Callable[[], None] | None = None
     """Called in the child between ``fork`` and ``exec`` (resource limits); keep it tiny."""
 
+    judges = False
+    """Whether ``verdict`` may end the attempt: only then is it awaited beside the program."""
+
     def __init__(self, ctx: TaskContext) -> None:
         self.ctx = ctx
-        self.log = logging.getLogger(f"taskvisor.process.{ctx.name}")
+
+    @property
+    def log(self) -> logging.Logger:
+        """The task's logger, ``taskvisor.process.<task name>``."""
+        return logging.getLogger(f"taskvisor.process.{self.ctx.name}")
 
     def started(self, pid: int) -> None:
         """The program runs as ``pid`` (also its process group id)."""
@@ -183,6 +190,10 @@ def _check_env(env: object) -> dict[str, str] | None:
     return out
 
 
+_CODES: dict[frozenset[int], frozenset[int]] = {}
+"""One shared frozenset per distinct set of exit codes (a few hundred commands share two)."""
+
+
 def _check_codes(name: str, codes: object) -> frozenset[int]:
     if isinstance(codes, str | bytes) or not isinstance(codes, Iterable):
         raise TypeError(f"{name} must be a collection of int, got {type(codes).__name__}")
@@ -191,7 +202,8 @@ def _check_codes(name: str, codes: object) -> frozenset[int]:
         if isinstance(code, bool) or not isinstance(code, int):
             raise TypeError(f"{name} must hold ints, got {type(code).__name__}")
         out.add(code)
-    return frozenset(out)
+    frozen = frozenset(out)
+    return _CODES.setdefault(frozen, frozen)
 
 
 def _check_signal(value: object) -> signal.Signals:
@@ -221,6 +233,7 @@ class _Command:
         "argv",
         "cwd",
         "env",
+        "env_bytes",
         "fatal_exit_codes",
         "stop_signal",
         "stop_timeout",
@@ -245,6 +258,7 @@ class _Command:
             raise TypeError(f"cwd must be a path or None, got {type(cwd).__name__}")
         self.cwd: str | None = None if cwd is None else os.fspath(cwd)
         self.env = _check_env(env)
+        self.env_bytes = {os.fsencode(k): os.fsencode(v) for k, v in (self.env or {}).items()}
         self.stop_signal = _check_signal(stop_signal)
         timeout = check_duration("stop_timeout", stop_timeout)
         assert timeout is not None
@@ -272,12 +286,6 @@ class _Command:
 
     async def _attempt(self, ctx: TaskContext, watch: Watch) -> None:
         log = watch.log
-        env = {
-            **os.environ,
-            **(self.env or {}),
-            "TASKVISOR_TASK": ctx.name,
-            "TASKVISOR_ATTEMPT": str(ctx.attempt),
-        }
         loop = asyncio.get_running_loop()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -289,6 +297,14 @@ class _Command:
                 for fd, stream in readers:
                     handed += 1
                     followers.append(await _follow(loop, fd, watch, stream))
+                # Bytes, as os.environb holds them: copying references, not decoding every
+                # variable; built only now, so a burst of starts does not hold many copies.
+                env: dict[bytes, bytes] = {
+                    **os.environb,
+                    **self.env_bytes,
+                    b"TASKVISOR_TASK": os.fsencode(ctx.name),
+                    b"TASKVISOR_ATTEMPT": b"%d" % ctx.attempt,
+                }
                 proc = await asyncio.create_subprocess_exec(
                     *self.argv,
                     stdin=subprocess.DEVNULL,
@@ -299,6 +315,7 @@ class _Command:
                     process_group=0,
                     preexec_fn=watch.preexec,
                 )
+                del env  # a copy of the whole environment: not kept for the attempt's life
             finally:
                 # The child has its own copies; ours must go for the pipes to reach EOF.
                 os.close(out_w)
@@ -321,7 +338,7 @@ class _Command:
         early: BaseException | None = None
         try:
             try:
-                if type(watch) is Watch:
+                if not watch.judges:
                     code = await proc.wait()
                 else:
                     early = await _race(proc, watch)

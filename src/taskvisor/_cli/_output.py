@@ -28,7 +28,7 @@ DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUPS = 5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutputPlan:
     """Where a command's stdout and stderr go: a file path each, or ``None`` (the terminal)."""
 
@@ -104,28 +104,46 @@ class RotatingFile:
             self._fd = -1
 
 
+_NO_FILES: dict[str, RotatingFile] = {}
+
+
 class Output:
-    """One task's output across its attempts: the destination, the last lines, the followers."""
+    """One task's output across its attempts: the destination, the last lines, the followers.
+
+    The buffers are made on first use: most supervised programs write little or nothing, and
+    a few hundred of them should cost little.
+    """
+
+    __slots__ = ("_files", "_followers", "plan", "recent", "task")
 
     def __init__(self, task: str, plan: OutputPlan, files: dict[str, RotatingFile]) -> None:
         self.task = task
         self.plan = plan
-        self.log = logging.getLogger(f"taskvisor.process.{task}")
-        self.recent: deque[tuple[float, str, str]] = deque(maxlen=KEEP_LINES)
-        self._followers: set[asyncio.Queue[tuple[str, str] | None]] = set()
-        self._files = {
-            stream: _shared(files, path, plan)
-            for stream, path in (("stdout", plan.stdout), ("stderr", plan.stderr))
-            if path is not None
-        }
+        self.recent: deque[tuple[float, str, str]] | None = None
+        self._followers: set[asyncio.Queue[tuple[str, str] | None]] | None = None
+        self._files = _NO_FILES
+        if plan.stdout is not None or plan.stderr is not None:
+            self._files = {
+                stream: _shared(files, path, plan)
+                for stream, path in (("stdout", plan.stdout), ("stderr", plan.stderr))
+                if path is not None
+            }
+
+    @property
+    def log(self) -> logging.Logger:
+        """The task's logger (made on first use: most programs say nothing)."""
+        return logging.getLogger(f"taskvisor.process.{self.task}")
 
     def write(self, stream: str, text: str, pid: int | None) -> None:
         """One record of the program (a line, or a whole traceback)."""
         now = time.time()
         lines = text.split("\n")
+        recent = self.recent
+        if recent is None:
+            recent = self.recent = deque(maxlen=KEEP_LINES)
         for line in lines:
-            self.recent.append((now, stream, line))
-        for queue in list(self._followers):
+            recent.append((now, stream, line))
+        for queue in list(self._followers or ()):
             for line in lines:
                 if queue.qsize() >= FOLLOW_BACKLOG:
                     self.unfollow(queue)
@@ -149,24 +167,27 @@ class Output:
         """The last ``count`` lines: (epoch seconds, stream, text)."""
         if count <= 0:
             return []
-        items = list(self.recent)
+        items = list(self.recent or ())
         return items[-count:]
 
     def follow(self) -> asyncio.Queue[tuple[str, str] | None]:
         """A queue receiving every later line as ``(stream, text)``; ``None`` ends it."""
         queue: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
+        if self._followers is None:
+            self._followers = set()
         self._followers.add(queue)
         return queue
 
     def unfollow(self, queue: asyncio.Queue[tuple[str, str] | None]) -> None:
         """Stop feeding ``queue``."""
-        self._followers.discard(queue)
+        if self._followers is not None:
+            self._followers.discard(queue)
 
     def close(self) -> None:
         """End every follower (the task is gone for good)."""
-        for queue in list(self._followers):
+        for queue in list(self._followers or ()):
             queue.put_nowait(None)
-        self._followers.clear()
+        self._followers = None
 
 
 def _shared(files: dict[str, RotatingFile], path: str, plan: OutputPlan) -> RotatingFile:

@@ -31,6 +31,19 @@ log = logging.getLogger("taskvisor.cli")
 class Program:
     """A task of the file at run time: its plan and what its attempts have shown."""
 
+    __slots__ = (
+        "handle",
+        "health_result",
+        "output",
+        "pid",
+        "plan",
+        "ready_result",
+        "restarts_before",
+        "started_at",
+        "stopped",
+        "waiting_for",
+    )
+
     def __init__(self, plan: TaskPlan, output: Output) -> None:
         self.plan = plan
         self.output = output
@@ -46,13 +59,17 @@ class Program:
         """Stopped by ``ctl stop``: kept (startable again), the run does not end for it."""
         self.restarts_before = 0
         """Restarts counted by earlier registrations (``ctl restart`` re-adds the task)."""
-        self.outcome: TaskOutcome | None = None
-        """The outcome of the last registration, once it finished."""
 
     @property
     def name(self) -> str:
         """The task's name."""
         return self.plan.name
+
+    @property
+    def outcome(self) -> TaskOutcome | None:
+        """The outcome of the last registration, once it finished."""
+        handle = self.handle
+        return None if handle is None else handle.outcome
 
     @property
     def alive(self) -> bool:
@@ -122,6 +139,7 @@ class ProgramWatch(Watch):
         self.plan = plan
         if plan.limits is not None:
             self.preexec = enforcer.preexec(plan.name, plan.limits)
+        self.judges = plan.ready is not None or plan.health is not None
         loop = asyncio.get_running_loop()
         self._verdict: asyncio.Future[BaseException] = loop.create_future()
         self._tasks: list[asyncio.Task[None]] = []

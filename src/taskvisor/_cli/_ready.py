@@ -33,11 +33,12 @@ class _Entry:
     def __init__(self) -> None:
         self.ready = False
         self.finished = False  # finished for good, without being ready: dependents give up
-        self.changed = asyncio.Event()
+        self.changed: asyncio.Event | None = None  # made when someone waits
 
     def poke(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+        if self.changed is not None:
+            self.changed.set()
+            self.changed = None
 
 
 class Readiness:
@@ -90,6 +91,8 @@ class Readiness:
         while not entry.ready:
             if entry.finished:
                 return False
+            if entry.changed is None:
+                entry.changed = asyncio.Event()
             await entry.changed.wait()
         return True
 

@@ -11,7 +11,6 @@ import inspect
 import json
 import math
 import os
-import shutil
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,7 +53,7 @@ RESERVED_NAME = "(taskvisor)"
 Body = Callable[..., Awaitable[Any]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskPlan:
     """One ``[[task]]``, checked; ``_runtime`` builds its ``TaskSpec`` with ``spec(body)``."""
 
@@ -341,7 +340,11 @@ def _which(argv0: str, cwd: str, env: Mapping[str, str] | None) -> bool:
         path = argv0 if os.path.isabs(argv0) else os.path.join(cwd, argv0)
         return os.path.isfile(path) and os.access(path, os.X_OK)
     search = (env or {}).get("PATH", os.environ.get("PATH", os.defpath))
-    return shutil.which(argv0, path=search) is not None
+    for directory in search.split(os.pathsep):
+        path = os.path.join(directory or ".", argv0)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return True
+    return False
 
 
 def read_task(
