@@ -878,3 +878,89 @@ def test_help_points_to_the_docs(tmp_path: Path) -> None:
             check=True,
         )
         assert "docs/cli.md" in result.stdout
+
+
+# --------------------------------------------------------------------------- §10/§13 keys
+
+
+def test_the_keys_of_later_spec_keywords_are_checked_and_said_not_applied(
+    tmp_path: Path,
+) -> None:
+    good = """
+        [supervisor]
+        intensity = { max_restarts = 3, within = 5.0 }
+
+        [defaults]
+        reset_after = 60
+        retry_on = ["ConnectionError", "json.JSONDecodeError"]
+
+        [[task]]
+        name = "tick"
+        command = ["true"]
+        restart = "always"
+        interval = 5.0
+        fixed_rate = true
+        jitter = 0.5
+        first_delay = 1.0
+        ready_timeout = 10
+        heartbeat = 0
+
+        [[task]]
+        name = "nightly"
+        command = ["true"]
+        cron = "0 3 * * *"
+        tz = "UTC"
+
+        [[group]]
+        name = "pair"
+        children = ["tick", "nightly"]
+        strategy = "one_for_all"
+        auto_shutdown = "any_done"
+        intensity = { max_restarts = 1, within = 1.0 }
+    """
+    result = check(tmp_path, good)
+    assert result.returncode == 0, result.stderr
+    assert (
+        'task "tick" (#1): first_delay, fixed_rate, heartbeat, jitter, ready_timeout, '
+        "reset_after, retry_on: checked, but not applied by this version of taskvisor"
+    ) in result.stderr
+    assert 'task "nightly" (#2): cron, reset_after, retry_on, tz: checked' in result.stderr
+    assert "[supervisor]: intensity: checked, but not applied yet" in result.stderr
+    assert "[[group]] tables are checked, but not applied yet" in result.stderr
+
+    bad = """
+        [supervisor]
+        intensity = { max_restarts = -1 }
+
+        [[task]]
+        name = "a"
+        command = ["true"]
+        reset_after = 0
+        retry_on = ["NoSuchError", "os.getcwd"]
+        fixed_rate = true
+        cron = "* * * *"
+        tz = "Mars/Olympus"
+        heartbeat = "often"
+
+        [[group]]
+        name = "g"
+        children = ["a", "zz"]
+        strategy = "one_for_some"
+    """
+    result = check(tmp_path, bad)
+    assert result.returncode == 2
+    err = result.stderr
+    assert "[supervisor]: intensity: within: required" in err
+    assert "[supervisor]: intensity: max_restarts: expected an integer >= 0, got -1" in err
+    assert 'task "a" (#1): reset_after: expected a number of seconds > 0, got 0' in err
+    assert 'retry_on: expected exception names: "NoSuchError" is not a built-in exception' in err
+    assert 'retry_on: expected exception names: "os.getcwd" is not an exception class' in err
+    assert 'fixed_rate: only valid with restart = "always" and an interval' in err
+    assert 'cron: expected five fields "minute hour day-of-month month day-of-week"' in err
+    assert 'tz: expected a time zone name, like "Europe/Paris", got "Mars/Olympus"' in err
+    assert 'heartbeat: expected a number of seconds >= 0, got "often"' in err
+    assert 'group "g" (#1): children: expected names of tasks in this file, got unknown "zz"' in err
+    assert (
+        'group "g" (#1): strategy: expected "one_for_one", "one_for_all" or "rest_for_one"' in err
+    )
+    assert "Traceback" not in err

@@ -21,6 +21,7 @@ from .._config import SupervisorConfig
 from .._events import EventKind
 from .._outcome import OutcomeKind
 from .._spec import TaskDefaults
+from ._pending import read_groups, read_intensity, read_pending
 from ._table import (
     MISSING,
     FileErrors,
@@ -55,13 +56,13 @@ __all__ = [
 ]
 
 SUBSCRIBER_TYPES = ("log", "jsonl", "prometheus")
-TOP_KEYS = ("control", "defaults", "run", "status", "subscriber", "supervisor", "task")
+TOP_KEYS = ("control", "defaults", "group", "run", "status", "subscriber", "supervisor", "task")
 CONTROL_KEYS = ("socket",)
-RUN_WIDE = ("control", "run", "status", "subscriber", "supervisor")
+RUN_WIDE = ("control", "group", "run", "status", "subscriber", "supervisor")
 """Tables a reload cannot apply to a running supervisor (it says so)."""
 SOCKET_MAX = 107
 """Longest Unix socket path Linux accepts (``sun_path`` less its final NUL)."""
-SUPERVISOR_KEYS = ("grace", "max_concurrent", "subscriber_shutdown_timeout")
+SUPERVISOR_KEYS = ("grace", "intensity", "max_concurrent", "subscriber_shutdown_timeout")
 RUN_KEYS = ("stop_after",)
 SUBSCRIBER_KEYS: dict[str, tuple[str, ...]] = {
     "log": ("level_map", "logger", "type"),
@@ -97,6 +98,10 @@ class Plan:
     """The control socket's path (``[control] socket``, or the file's with ``.sock``)."""
     run_wide: dict[str, Any] = field(default_factory=dict)
     """The run-wide tables as written, to tell a reload what it cannot change."""
+    intensity: tuple[int, float] | None = None
+    """``[supervisor] intensity``, checked; not applied yet (``_pending.py``)."""
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    """``[[group]]`` tables, checked; not applied yet (``_pending.py``)."""
 
 
 # ---------------------------------------------------------------------- subscribers
@@ -337,6 +342,8 @@ def load(path: str | os.PathLike[str]) -> Plan:
     top.only(TOP_KEYS)
 
     config = SupervisorConfig()
+    intensity: Any = MISSING
+    default_pending: dict[str, Any] = {}
     sup = top_table(errors, file, data, "supervisor")
     if sup is not None:
         sup.only(SUPERVISOR_KEYS, {"stop_after": "it belongs in [run]"})
@@ -349,6 +356,7 @@ def load(path: str | os.PathLike[str]) -> Plan:
         if mc is not MISSING:
             kwargs["max_concurrent"] = mc
         config = SupervisorConfig(**kwargs)
+        intensity = read_intensity(sup)
 
     stop_after = None
     run = top_table(errors, file, data, "run")
@@ -379,6 +387,7 @@ def load(path: str | os.PathLike[str]) -> Plan:
         if retries is not MISSING:
             kwargs["max_retries"] = retries
         defaults = TaskDefaults(**kwargs)
+        default_pending = read_pending(d, interval=defaults.restart.interval is not None)
 
     tasks_plan: list[TaskPlan] = []
     names: dict[str, int] = {}
@@ -399,11 +408,24 @@ def load(path: str | os.PathLike[str]) -> Plan:
             names,
             warnings,
             defaults_raw if isinstance(defaults_raw, dict) else None,
+            default_pending,
         )
         if task is not None:
             tasks_plan.append(task)
     if not errors:
         _check_after(errors, file, tasks_plan)
+    groups = read_groups(errors, file, data, {task.name for task in tasks_plan})
+    for task in tasks_plan:
+        if task.pending:
+            keys = ", ".join(sorted(task.pending))
+            warnings.append(
+                f'{file}: task "{task.name}" (#{task.index}): {keys}: checked, but not applied '
+                "by this version of taskvisor"
+            )
+    if intensity is not MISSING:
+        warnings.append(f"{file}: [supervisor]: intensity: checked, but not applied yet")
+    if groups:
+        warnings.append(f"{file}: group: [[group]] tables are checked, but not applied yet")
 
     subs: list[SubscriberPlan] = []
     for i, item in enumerate(array_of_tables(errors, file, data, "subscriber"), 1):
@@ -427,4 +449,6 @@ def load(path: str | os.PathLike[str]) -> Plan:
         warnings,
         socket,
         run_wide,
+        None if intensity is MISSING else intensity,
+        groups,
     )

@@ -23,6 +23,7 @@ from .._threaded import threaded
 from ..process import command
 from ._limits import Limits, read_limits
 from ._output import OutputPlan, read_output
+from ._pending import PENDING_KEYS, read_pending
 from ._probes import Probe, read_probe
 from ._table import MISSING, Table, resolve_path, show
 
@@ -30,7 +31,7 @@ RESTARTS = ("never", "on_failure", "always")
 JITTERS = tuple(j.value for j in JitterPolicy)
 BACKOFF_KEYS = ("factor", "first", "jitter", "max")
 POLICY_KEYS = ("backoff", "interval", "max_retries", "restart", "timeout")
-DEFAULT_KEYS = POLICY_KEYS
+DEFAULT_KEYS = (*POLICY_KEYS, *PENDING_KEYS)
 COMMAND_KEYS = (
     "backups",
     "cwd",
@@ -46,7 +47,7 @@ COMMAND_KEYS = (
     "stop_timeout",
     "success_exit_codes",
 )
-TASK_KEYS = ("after", "call", "command", "name", *POLICY_KEYS, *COMMAND_KEYS)
+TASK_KEYS = ("after", "call", "command", "name", *POLICY_KEYS, *PENDING_KEYS, *COMMAND_KEYS)
 RESERVED_NAME = "(taskvisor)"
 """The name of the run's own internal task (``_runtime``); no file task may take it."""
 
@@ -75,6 +76,9 @@ class TaskPlan:
     """Restart ``never`` (its own or inherited): ready means completed."""
     fingerprint: str = ""
     """The task's table and ``[defaults]`` as written: a reload restarts it when this changes."""
+    pending: dict[str, Any] = field(default_factory=dict)
+    """``TaskSpec`` keywords of SPEC §10/§13 read from the file (its own, then ``[defaults]``)
+    that this version's ``TaskSpec`` does not take yet (``_pending.py``)."""
 
     @property
     def is_command(self) -> bool:
@@ -84,7 +88,9 @@ class TaskPlan:
     def spec(self, body: Body) -> TaskSpec:
         """The ``TaskSpec`` of this task, running ``body``.
 
-        The one place where the file's keywords become ``TaskSpec`` keywords.
+        The one place where the file's keywords become ``TaskSpec`` keywords. ``pending``
+        (ready_timeout, heartbeat, reset_after, retry_on, fixed_rate, jitter, first_delay,
+        cron, tz) is to be passed here too once ``TaskSpec`` takes those keywords.
         """
         return TaskSpec(self.name, body, **self.policies)
 
@@ -358,6 +364,7 @@ def read_task(
     names: dict[str, int],
     warnings: list[str],
     defaults_raw: Mapping[str, Any] | None = None,
+    default_pending: Mapping[str, Any] | None = None,
 ) -> TaskPlan | None:
     """One ``[[task]]`` as a ``TaskPlan``; ``None`` once its errors are recorded.
 
@@ -404,6 +411,13 @@ def read_task(
         "max_retries": max_retries_value(t),
     }
     after = _after(t, name)
+    restart = policies["restart"]
+    if restart is MISSING:
+        restart = defaults.restart
+    pending = {
+        **(default_pending or {}),
+        **read_pending(t, interval=restart.interval is not None),
+    }
     extra: dict[str, Any] = {}
     body: Any = MISSING
     if has_cmd and not has_call:
@@ -476,7 +490,6 @@ def read_task(
     except (TypeError, ValueError) as exc:
         t.error("task", str(exc))
         return None
-    restart = kwargs.get("restart", defaults.restart)
     fingerprint = json.dumps([data, defaults_raw or {}], sort_keys=True, default=str)
     return TaskPlan(
         name,
@@ -485,5 +498,6 @@ def read_task(
         after=after,
         once=restart.mode.value == "never",
         fingerprint=fingerprint,
+        pending=pending,
         **extra,
     )
