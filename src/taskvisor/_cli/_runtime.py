@@ -4,12 +4,13 @@
 starts and restarts one (``stop``/``start``/``restart``), applies a reload (``reload``), and
 answers ``status``. Control operations run one at a time.
 
-While a control operation runs, and while a task stopped by ``ctl stop`` waits to be started
-again, the run holds an internal task of its own named ``(taskvisor)`` (``_hold``):
-``Supervisor.run`` ends once nothing is registered, and a stopped task, or one being restarted
-(``cancel`` then ``add``), is not registered. The keeper returns as soon as neither holds, so a
-run never touched by ``ctl`` has none. It is left out of everything the command line shows;
-the file's subscribers see its events. (Once the core's ``start()`` handles signals and
+While a control operation runs, while a task stopped by ``ctl stop`` waits to be started
+again, and while a file of more than ``START_BATCH`` tasks is being started, the run holds an
+internal task of its own named ``(taskvisor)`` (``_hold``): ``Supervisor.run`` ends once
+nothing is registered, and a stopped task, or one being restarted (``cancel`` then ``add``),
+is not registered. The keeper returns as soon as none of these holds, so a small run never
+touched by ``ctl`` has none. It is left out of everything the command line shows; the file's
+subscribers see its events. (Once the core's ``start()`` handles signals and
 ``sup.wait()`` and ``sup.restart()`` exist, the keeper can go.)
 """
 
