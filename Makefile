@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck bench soak clean
+.PHONY: demo test lint typecheck bench bench-programs soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ $(BENCH_STAMP): $(STAMP)
 # (docs/performance.md). BENCH_ARGS adds options, e.g. `make bench BENCH_ARGS=--quick`.
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks --json benchmarks/results/latest.json $(BENCH_ARGS)
+
+# `taskvisor run` side by side with supervisord (installed here from PyPI): the same 200
+# programs under each, in one run (docs/performance.md). BENCH_PROGRAMS_ARGS for options,
+# e.g. `make bench-programs BENCH_PROGRAMS_ARGS="--idle 10 --kills 50"` for a quick run.
+bench-programs: $(BENCH_STAMP)
+	$(BIN)/python -m pip install --quiet supervisor
+	$(BIN)/python -m benchmarks.programs $(BENCH_PROGRAMS_ARGS)
 
 # Churn tasks for a while; memory must stay flat after warm-up (prints PASS/FAIL).
 # `make soak SOAK_SECONDS=600` for a longer run. Not part of `make test`.

@@ -769,3 +769,198 @@ def test_missing_extras_are_reported_by_check(tmp_path: Path) -> None:
     assert "taskvisor[prometheus]" in result.stderr
     assert "[status]: listen: the status page needs aiohttp" in result.stderr
     assert "taskvisor[status]" in result.stderr
+
+
+# --------------------------------------------------------------------------- issue 15
+
+
+def test_a_non_utf8_or_unreadable_file_is_one_line_and_exit_2(
+    tmp_path: Path, children: list[Child]
+) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[[task]]\nname = "caf\xe9"\ncommand = ["true"]\n')
+    for command in ("check", "run"):
+        child = taskvisor(children, tmp_path, command, str(path))
+        assert child.finish() == 2
+        assert child.seen == [
+            f"taskvisor: error: {path}: not UTF-8 text: byte 0xe9 on line 2 cannot be decoded; "
+            "TOML files must be saved as UTF-8"
+        ]
+    directory = tmp_path / "dir.toml"
+    directory.mkdir()
+    child = taskvisor(children, tmp_path, "check", str(directory))
+    assert child.finish() == 2
+    assert child.seen == [f"taskvisor: error: {directory}: cannot read it: Is a directory"]
+
+
+def test_a_missing_cwd_is_blamed_on_the_cwd(tmp_path: Path, children: list[Child]) -> None:
+    path = write(tmp_path, '[[task]]\nname = "lost"\ncommand = ["true"]\ncwd = "nowhere"\n')
+    child = taskvisor(children, tmp_path, "run", str(path))
+    assert child.finish() == 1
+    assert f"cannot start 'true': working directory {tmp_path / 'nowhere'} does not exist" in (
+        child.text
+    )
+    assert "No such file or directory" not in child.text
+
+
+def test_check_warns_about_a_program_not_on_path(tmp_path: Path) -> None:
+    result = check(tmp_path, '[[task]]\nname = "x"\ncommand = ["no-such-program-here", "-v"]\n')
+    assert result.returncode == 0
+    assert (
+        'task "x" (#1): command: "no-such-program-here" is not found on PATH; the task will '
+        "fail to start unless it is installed first"
+    ) in result.stderr
+    result = check(tmp_path, '[[task]]\nname = "x"\ncommand = ["sh", "-c", "true"]\n')
+    assert result.returncode == 0
+    assert result.stderr == ""
+    assert "OK" in result.stdout
+    result = check(tmp_path, '[[task]]\nname = "x"\ncommand = ["./run.sh"]\n')
+    assert 'command: "./run.sh" is not found (relative to cwd)' in result.stderr
+
+
+CRASHER = """
+import sys
+print("starting")
+def inner():
+    raise ValueError("boom")
+try:
+    inner()
+except ValueError as exc:
+    raise RuntimeError("wrapped") from exc
+"""
+
+
+def test_retries_at_info_a_traceback_in_one_record_the_exit_code_once(
+    tmp_path: Path, children: list[Child]
+) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        [[task]]
+        name = "crash"
+        command = [{toml_str(PY)}, "-c", {toml_str(CRASHER)}]
+        max_retries = 1
+        backoff = {{ first = 0.2, jitter = "none" }}
+        """,
+    )
+    child = taskvisor(children, tmp_path, "run", str(path))
+    assert child.finish() == 1
+    lines = child.seen
+    assert any("INFO    taskvisor: task 'crash' retrying in 0.2 s" in line for line in lines), (
+        child.text
+    )
+    # The chained traceback is one record: its first line carries the record's prefix, the
+    # others follow it unprefixed, and the next record starts after the last one.
+    starts = [
+        i
+        for i, line in enumerate(lines)
+        if line.endswith("taskvisor.process.crash: Traceback (most recent call last):")
+    ]
+    assert len(starts) == 2  # one per attempt
+    record = lines[starts[0] : starts[0] + 12]
+    assert "The above exception was the direct cause of the following exception:" in record
+    assert "RuntimeError: wrapped" in record
+    assert not any("taskvisor.process.crash:   File" in line for line in lines)
+    # The live records say the exit code once per failed attempt.
+    live = [line for line in lines if "taskvisor.cli: task 'crash' failed after" not in line]
+    assert sum("code 1" in line for line in live) == 2
+    assert not any("(exit code 1)" in line for line in lines)
+    assert "task 'crash' failed after 2 attempts: " in child.text  # the summary
+
+
+def test_help_points_to_the_docs(tmp_path: Path) -> None:
+    for args in ([], ["run"], ["check"], ["ctl"]):
+        result = subprocess.run(
+            [PY, "-m", "taskvisor", *args, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=GUARD,
+            check=True,
+        )
+        assert "docs/cli.md" in result.stdout
+
+
+# --------------------------------------------------------------------------- §10/§13 keys
+
+
+def test_the_keys_of_later_spec_keywords_are_checked_and_said_not_applied(
+    tmp_path: Path,
+) -> None:
+    good = """
+        [supervisor]
+        intensity = { max_restarts = 3, within = 5.0 }
+
+        [defaults]
+        reset_after = 60
+        retry_on = ["ConnectionError", "json.JSONDecodeError"]
+
+        [[task]]
+        name = "tick"
+        command = ["true"]
+        restart = "always"
+        interval = 5.0
+        fixed_rate = true
+        jitter = 0.5
+        first_delay = 1.0
+        ready_timeout = 10
+        heartbeat = 0
+
+        [[task]]
+        name = "nightly"
+        command = ["true"]
+        cron = "0 3 * * *"
+        tz = "UTC"
+
+        [[group]]
+        name = "pair"
+        children = ["tick", "nightly"]
+        strategy = "one_for_all"
+        auto_shutdown = "any_done"
+        intensity = { max_restarts = 1, within = 1.0 }
+    """
+    result = check(tmp_path, good)
+    assert result.returncode == 0, result.stderr
+    assert (
+        'task "tick" (#1): first_delay, fixed_rate, heartbeat, jitter, ready_timeout, '
+        "reset_after, retry_on: checked, but not applied by this version of taskvisor"
+    ) in result.stderr
+    assert 'task "nightly" (#2): cron, reset_after, retry_on, tz: checked' in result.stderr
+    assert "[supervisor]: intensity: checked, but not applied yet" in result.stderr
+    assert "[[group]] tables are checked, but not applied yet" in result.stderr
+
+    bad = """
+        [supervisor]
+        intensity = { max_restarts = -1 }
+
+        [[task]]
+        name = "a"
+        command = ["true"]
+        reset_after = 0
+        retry_on = ["NoSuchError", "os.getcwd"]
+        fixed_rate = true
+        cron = "* * * *"
+        tz = "Mars/Olympus"
+        heartbeat = "often"
+
+        [[group]]
+        name = "g"
+        children = ["a", "zz"]
+        strategy = "one_for_some"
+    """
+    result = check(tmp_path, bad)
+    assert result.returncode == 2
+    err = result.stderr
+    assert "[supervisor]: intensity: within: required" in err
+    assert "[supervisor]: intensity: max_restarts: expected an integer >= 0, got -1" in err
+    assert 'task "a" (#1): reset_after: expected a number of seconds > 0, got 0' in err
+    assert 'retry_on: expected exception names: "NoSuchError" is not a built-in exception' in err
+    assert 'retry_on: expected exception names: "os.getcwd" is not an exception class' in err
+    assert 'fixed_rate: only valid with restart = "always" and an interval' in err
+    assert 'cron: expected five fields "minute hour day-of-month month day-of-week"' in err
+    assert 'tz: expected a time zone name, like "Europe/Paris", got "Mars/Olympus"' in err
+    assert 'heartbeat: expected a number of seconds >= 0, got "often"' in err
+    assert 'group "g" (#1): children: expected names of tasks in this file, got unknown "zz"' in err
+    assert (
+        'group "g" (#1): strategy: expected "one_for_one", "one_for_all" or "rest_for_one"' in err
+    )
+    assert "Traceback" not in err

@@ -19,7 +19,7 @@ import pytest
 import taskvisor as tv
 from conftest import FAST, GUARD, POLITE, STUBBORN, SupervisorFactory, group_gone
 from taskvisor import OutcomeKind as O
-from taskvisor.process import command
+from taskvisor.process import Watch, command
 
 
 def py(code: str) -> list[str]:
@@ -449,3 +449,105 @@ def test_the_body_is_an_async_callable_taking_the_context() -> None:
     spec = tv.TaskSpec.once("t", body)  # accepted as a task body
     assert spec.fn is body
     assert "true" in repr(body)
+
+
+# --------------------------------------------------------------------------- output records
+
+
+CHAINED = """
+import sys, time
+print("before", file=sys.stderr, flush=True)
+try:
+    try:
+        raise KeyError("a")
+    except KeyError:
+        raise ValueError("b")
+except ValueError as exc:
+    import traceback
+    traceback.print_exc()
+sys.stderr.flush()
+print("after", file=sys.stderr, flush=True)
+time.sleep(0.3)
+raise SystemExit("last words")
+"""
+
+
+async def test_a_chained_traceback_is_one_record_between_ordinary_lines(
+    make_supervisor: SupervisorFactory, lines: Lines
+) -> None:
+    sup = make_supervisor()
+    async with asyncio.timeout(GUARD):
+        outcome = await sup.add(tv.TaskSpec.once("tb", command(py(CHAINED))))
+    assert outcome.kind is O.FAILED
+    texts = [t for t in lines.texts("tb") if not t.startswith("started command")]
+    assert texts[0] == "before"
+    record = texts[1]
+    assert record.startswith("Traceback (most recent call last):")
+    assert "During handling of the above exception, another exception occurred:" in record
+    assert record.endswith("ValueError: b")
+    assert record.count("Traceback (most recent call last):") == 2
+    assert texts[2:] == ["after", "last words"]
+    assert outcome.reason is not None
+    assert outcome.reason.endswith(": last words")
+
+
+async def test_an_unfinished_traceback_is_emitted_after_a_quiet_moment(
+    make_supervisor: SupervisorFactory, lines: Lines
+) -> None:
+    # The program prints the start of a traceback and then nothing: the record comes out
+    # while it still runs (GROUP_QUIET), not at its end.
+    code = """
+        import sys, time
+        sys.stderr.write("Traceback (most recent call last):\\n  File 'x', line 1\\n")
+        sys.stderr.flush()
+        time.sleep(60)
+    """
+    sup = make_supervisor()
+    handle = sup.add(tv.TaskSpec.once("quiet", command(py(code))))
+    text = await lines.wait_for("quiet", lambda t: t.startswith("Traceback"))
+    assert text == "Traceback (most recent call last):\n  File 'x', line 1"
+    assert not handle.done()
+    async with asyncio.timeout(GUARD):
+        await sup.cancel("quiet")
+
+
+async def test_a_watch_sees_the_pid_and_output_and_can_end_the_attempt(
+    make_supervisor: SupervisorFactory,
+) -> None:
+    seen: list[tuple[str, object]] = []
+
+    class Probe(Watch):
+        judges = True
+
+        def started(self, pid: int) -> None:
+            seen.append(("pid", pid))
+
+        def output(self, stream: str, text: str, pid: int | None) -> None:
+            seen.append((stream, text))
+            if text == "up":
+                self.loop_verdict.set_result(tv.Fail("judged"))
+
+        async def verdict(self) -> BaseException:
+            return await self.loop_verdict
+
+        def ended(self) -> None:
+            seen.append(("ended", None))
+
+        def __init__(self, ctx: tv.TaskContext) -> None:
+            super().__init__(ctx)
+            self.loop_verdict: asyncio.Future[BaseException] = (
+                asyncio.get_running_loop().create_future()
+            )
+
+    code = "import time; print('up', flush=True); time.sleep(60)"
+    sup = make_supervisor()
+    body = command([sys.executable, "-c", code], watch=Probe)
+    async with asyncio.timeout(GUARD):
+        outcome = await sup.add(tv.TaskSpec.once("watched", body))
+    assert outcome.kind is O.FAILED
+    assert outcome.reason == "judged"
+    pid = seen[0][1]
+    assert isinstance(pid, int)
+    assert group_gone(pid)
+    assert ("stdout", "up") in seen
+    assert seen[-1] == ("ended", None)

@@ -153,3 +153,111 @@ async def test_the_page_renders_every_task_and_updates_live(
     assert final["last-error"] == f"not yet ({ATTEMPTS - 1})"
     assert served > ATTEMPTS  # and the page went on polling after that
     assert "live" in page
+
+
+def test_the_page_of_a_run_shows_dependencies_probes_and_output(tmp_path: Path) -> None:
+    """``taskvisor run`` with ``after``, probes and output; the page as a browser renders it.
+
+    Set ``TASKVISOR_SCREENSHOT=/path/shot.png`` to keep a screenshot of the page.
+    """
+    import json
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    chromium = find_chromium()
+    sh = '["sh", "-c", "echo db listening; exec sleep 60"]'
+    web = '["sh", "-c", "echo serving on 8000; echo warming cache >&2; exec sleep 60"]'
+    crash = json.dumps([sys.executable, "-c", "raise SystemExit('config missing')"])
+    (tmp_path / "page.toml").write_text(
+        f"""
+[[task]]
+name = "db"
+command = {sh}
+ready = {{ log = "listening", timeout = 30 }}
+
+[[task]]
+name = "web"
+command = {web}
+after = ["db"]
+health = {{ command = ["true"], every = 0.1 }}
+
+[[task]]
+name = "worker"
+command = {crash}
+after = ["web"]
+backoff = {{ first = 5.0, max = 5.0 }}
+
+[status]
+listen = "127.0.0.1:0"
+""",
+        encoding="utf-8",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "taskvisor", "run", str(tmp_path / "page.toml")],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        url = ""
+        while not url:
+            line = proc.stderr.readline()
+            assert line, "taskvisor run ended early"
+            if "status page at http://" in line:
+                url = line.strip().rsplit(" ", 1)[1]
+        deadline = time.monotonic() + BROWSER_GUARD
+        while True:  # poll until the health probe and the worker's failure are on the page
+            with urllib.request.urlopen(url + "tasks", timeout=BROWSER_GUARD) as resp:
+                tasks = {t["name"]: t for t in json.load(resp)["tasks"]}
+            if (tasks.get("web") or {}).get("health_probe", {}).get("at") and (
+                tasks.get("worker") or {}
+            ).get("last_error"):
+                break
+            assert time.monotonic() < deadline, tasks
+            time.sleep(0.05)
+        page = asyncio.run(dump_dom(chromium, url, tmp_path / "profile"))
+        shot = os.environ.get("TASKVISOR_SCREENSHOT")
+        if shot:
+            subprocess.run(
+                [
+                    chromium,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    f"--user-data-dir={tmp_path / 'profile2'}",
+                    "--window-size=1280,640",
+                    "--virtual-time-budget=3000",
+                    f"--screenshot={shot}",
+                    url,
+                ],
+                capture_output=True,
+                timeout=BROWSER_GUARD,
+                check=True,
+            )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(BROWSER_GUARD)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stderr is not None:
+                proc.stderr.close()
+    rows = Rows()
+    rows.feed(page)
+    assert set(rows.rows) == {"db", "web", "worker"}, page
+    assert rows.rows["web"]["after"] == "db"
+    assert rows.rows["worker"]["after"] == "web"
+    assert "✓ ready log /listening/" in rows.rows["db"]["probes"]
+    assert "✓ health command ['true']" in rows.rows["web"]["probes"]
+    assert rows.rows["worker"]["last-error"].endswith("exited with code 1: config missing")
+    assert rows.rows["web"]["pid"].isdigit()
+    assert 'data-output-for="web"' in page
+    assert "serving on 8000" in page
+    assert "warming cache" in page

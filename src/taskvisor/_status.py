@@ -4,7 +4,9 @@ Routes (all ``GET``):
 
 - ``/tasks``: JSON ``{"tasks": [...], "finished": [...], "closed": bool, "recent_events":
   [...]}``: every registered task as ``Supervisor.list()`` gives it, then the outcomes of
-  finished tasks (newest last, at most ``keep_finished``), then the latest events.
+  finished tasks (newest last, at most ``keep_finished``), then the latest events. A
+  ``details`` source adds fields per task name (the command line adds ``after``, probe
+  results, the pid and the last output lines); ``hidden`` names are left out.
 - ``/events``: server-sent events, one ``data:`` JSON object per supervisor event (the same
   fields as ``Event``, ``None`` left out), fed by ``sup.events()``; ends after shutdown.
 - ``/metrics``: Prometheus text, when a metrics source was given.
@@ -23,7 +25,7 @@ import enum
 import json
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import fields
 from importlib import resources
 from typing import Any
@@ -41,6 +43,9 @@ _log = logging.getLogger("taskvisor.status")
 
 MetricsSource = Callable[[], tuple[bytes, str]]
 """Returns the Prometheus exposition text and its content type."""
+
+DetailsSource = Callable[[], Mapping[str, Mapping[str, Any]]]
+"""Returns extra JSON fields per task name (the command line's dependencies, probes, output)."""
 
 _KEEPALIVE = 15.0
 """Seconds between comment lines on an idle ``/events`` stream (proxies drop silent ones)."""
@@ -112,8 +117,12 @@ class StatusServer:
         metrics: MetricsSource | None = None,
         keep_finished: int = 1000,
         keep_events: int = 50,
+        details: DetailsSource | None = None,
+        hidden: Collection[str] = (),
     ) -> None:
         self._sup = sup
+        self._details = details
+        self._hidden = frozenset(hidden)
         self._host = host
         self._port = port
         self._metrics = metrics
@@ -283,14 +292,26 @@ class StatusServer:
 
     async def _tasks(self, request: web.Request) -> web.Response:
         sup = self._sup
-        live = [info_json(info) for info in sup.list()]
+        hidden = self._hidden
+        live = [info_json(info) for info in sup.list() if info.name not in hidden]
         ids = {item["id"] for item in live}
-        finished = [item for key, item in self._finished.items() if key not in ids]
+        finished = [
+            item
+            for key, item in self._finished.items()
+            if key not in ids and item["name"] not in hidden
+        ]
+        if self._details is not None:
+            details = self._details()
+            live = [{**item, **details.get(item["name"], {})} for item in live]
+            finished = [{**item, **details.get(item["name"], {})} for item in finished]
+        events = (
+            [e for e in self._recent if e.get("task") not in hidden] if hidden else self._recent
+        )
         body = {
             "tasks": live,
             "finished": finished,
             "closed": sup.closed,
-            "recent_events": list(self._recent),
+            "recent_events": list(events),
         }
         return web.json_response(body, headers={"Cache-Control": "no-store"})
 

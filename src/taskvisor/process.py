@@ -3,7 +3,8 @@
 Each attempt starts the program in a process group of its own (``argv`` is run directly, no
 shell) and waits for it; the exit code decides how the attempt ended. Every line the program
 writes to stdout or stderr becomes a ``logging`` record on ``taskvisor.process.<task name>``,
-read by the event loop as it arrives (never blocking it).
+read by the event loop as it arrives (never blocking it). A Python traceback is one record,
+not one per line (see ``Watch.output`` for the rule).
 
 Stopping: when the attempt is stopped (``cancel``, ``remove``, shutdown, or the spec's
 attempt ``timeout``), ``stop_signal`` goes to the whole group; whatever is still alive
@@ -29,10 +30,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from ._context import TaskContext
-from ._errors import Fail, Fatal
+from ._errors import Fail, Fatal, TaskError
 from ._validate import check_duration
 
-__all__ = ["command"]
+__all__ = ["Watch", "command"]
 
 MAX_LINE = 65536
 """Longer output lines are logged in pieces of this many bytes."""
@@ -46,6 +47,74 @@ _DRAIN_WAIT = 1.0
 _REASON_TAIL = 200
 """At most this many characters of the last stderr line go into a failure's reason."""
 
+GROUP_QUIET = 0.1
+"""Seconds without a new line after which a traceback being gathered is emitted as it is."""
+
+GROUP_MAX_LINES = 1000
+"""A traceback longer than this many lines is emitted in several records."""
+
+_TRACEBACK_STARTS = (
+    "Traceback (most recent call last):",
+    "Exception Group Traceback (most recent call last):",
+)
+_CHAIN_MARKERS = (
+    "During handling of the above exception, another exception occurred:",
+    "The above exception was the direct cause of the following exception:",
+)
+
+
+class Watch:
+    """Observes one attempt of a command, and may end it; ``command(watch=...)`` makes one.
+
+    The base class does what ``command`` does without a watch: it logs each output record.
+    Subclasses (the ``taskvisor`` command line's probes and output files) override the
+    methods they need. Every method runs on the event loop and must not block.
+    """
+
+    preexec: Callable[[], None] | None = None
+    """Called in the child between ``fork`` and ``exec`` (resource limits); keep it tiny."""
+
+    judges = False
+    """Whether ``verdict`` may end the attempt: only then is it awaited beside the program."""
+
+    def __init__(self, ctx: TaskContext) -> None:
+        self.ctx = ctx
+
+    @property
+    def log(self) -> logging.Logger:
+        """The task's logger, ``taskvisor.process.<task name>``."""
+        return logging.getLogger(f"taskvisor.process.{self.ctx.name}")
+
+    def started(self, pid: int) -> None:
+        """The program runs as ``pid`` (also its process group id)."""
+
+    def output(self, stream: str, text: str, pid: int | None) -> None:
+        """One record of output: a line, or a whole Python traceback.
+
+        ``stream`` is ``"stdout"`` or ``"stderr"``. The grouping rule: a line starting with
+        ``Traceback (most recent call last):`` opens a record; indented lines, blank lines,
+        the chaining sentences ("During handling of the above exception…", "The above
+        exception was the direct cause…") and further ``Traceback`` lines join it; the first
+        other line (the ``ValueError: boom`` line) joins it too and ends it unless a chaining
+        line follows. A record still open after ``GROUP_QUIET`` seconds without output, at
+        the end of the output, or at ``GROUP_MAX_LINES`` lines is emitted as it is.
+        """
+        level = logging.WARNING if stream == "stderr" else logging.INFO
+        log = self.log
+        if log.isEnabledFor(level):
+            log.log(level, "%s", text, extra={"taskvisor_stream": stream, "taskvisor_pid": pid})
+
+    async def verdict(self) -> BaseException:
+        """Returns the exception that ends the attempt early (the program is stopped first).
+
+        The base class never returns: the program's exit decides.
+        """
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def ended(self) -> None:
+        """The attempt is over (the program and its group are gone); release what it holds."""
+
 
 def command(
     argv: Sequence[str | os.PathLike[str]],
@@ -56,6 +125,7 @@ def command(
     stop_timeout: float = 10.0,
     fatal_exit_codes: Iterable[int] = (),
     success_exit_codes: Iterable[int] = (0,),
+    watch: Callable[[TaskContext], Watch] | None = None,
 ) -> Callable[[TaskContext], Awaitable[None]]:
     """A task body that runs ``argv`` as a program, one process group per attempt.
 
@@ -66,8 +136,10 @@ def command(
     An exit code in ``success_exit_codes`` is a success; one in ``fatal_exit_codes`` raises
     ``Fatal(exit_code=code)``; any other raises ``Fail(exit_code=code)``. A program killed by
     a signal has the exit code ``-signum``. A program that cannot be started (not found, not
-    executable, missing ``cwd``) is ``Fatal``. On a stop: ``stop_signal`` to the group, then
-    ``SIGKILL`` after ``stop_timeout`` seconds.
+    executable, missing ``cwd``) is ``Fatal``; a missing ``cwd`` is named as such. On a stop:
+    ``stop_signal`` to the group, then ``SIGKILL`` after ``stop_timeout`` seconds.
+    ``watch``: called at the start of each attempt; the ``Watch`` it returns sees the pid and
+    every output record, and its ``verdict`` may end the attempt early (see ``Watch``).
     """
     return _Command(
         argv,
@@ -77,6 +149,7 @@ def command(
         stop_timeout=stop_timeout,
         fatal_exit_codes=fatal_exit_codes,
         success_exit_codes=success_exit_codes,
+        watch=watch,
     )
 
 
@@ -117,6 +190,10 @@ def _check_env(env: object) -> dict[str, str] | None:
     return out
 
 
+_CODES: dict[frozenset[int], frozenset[int]] = {}
+"""One shared frozenset per distinct set of exit codes (a few hundred commands share two)."""
+
+
 def _check_codes(name: str, codes: object) -> frozenset[int]:
     if isinstance(codes, str | bytes) or not isinstance(codes, Iterable):
         raise TypeError(f"{name} must be a collection of int, got {type(codes).__name__}")
@@ -125,7 +202,8 @@ def _check_codes(name: str, codes: object) -> frozenset[int]:
         if isinstance(code, bool) or not isinstance(code, int):
             raise TypeError(f"{name} must hold ints, got {type(code).__name__}")
         out.add(code)
-    return frozenset(out)
+    frozen = frozenset(out)
+    return _CODES.setdefault(frozen, frozen)
 
 
 def _check_signal(value: object) -> signal.Signals:
@@ -155,10 +233,12 @@ class _Command:
         "argv",
         "cwd",
         "env",
+        "env_bytes",
         "fatal_exit_codes",
         "stop_signal",
         "stop_timeout",
         "success_exit_codes",
+        "watch",
     )
 
     def __init__(
@@ -171,12 +251,14 @@ class _Command:
         stop_timeout: object,
         fatal_exit_codes: object,
         success_exit_codes: object,
+        watch: object = None,
     ) -> None:
         self.argv = _check_argv(argv)
         if cwd is not None and not isinstance(cwd, str | os.PathLike):
             raise TypeError(f"cwd must be a path or None, got {type(cwd).__name__}")
         self.cwd: str | None = None if cwd is None else os.fspath(cwd)
         self.env = _check_env(env)
+        self.env_bytes = {os.fsencode(k): os.fsencode(v) for k, v in (self.env or {}).items()}
         self.stop_signal = _check_signal(stop_signal)
         timeout = check_duration("stop_timeout", stop_timeout)
         assert timeout is not None
@@ -188,29 +270,41 @@ class _Command:
             raise ValueError(
                 f"exit codes {sorted(both)} are in both fatal_exit_codes and success_exit_codes"
             )
+        if watch is not None and not callable(watch):
+            raise TypeError(f"watch must be a callable or None, got {type(watch).__name__}")
+        self.watch: Callable[[TaskContext], Watch] = watch or Watch
 
     def __repr__(self) -> str:
         return f"command({list(self.argv)!r})"
 
     async def __call__(self, ctx: TaskContext) -> None:
-        log = logging.getLogger(f"taskvisor.process.{ctx.name}")
-        env = {
-            **os.environ,
-            **(self.env or {}),
-            "TASKVISOR_TASK": ctx.name,
-            "TASKVISOR_ATTEMPT": str(ctx.attempt),
-        }
+        watch = self.watch(ctx)
+        try:
+            await self._attempt(ctx, watch)
+        finally:
+            watch.ended()
+
+    async def _attempt(self, ctx: TaskContext, watch: Watch) -> None:
+        log = watch.log
         loop = asyncio.get_running_loop()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        readers = ((out_r, logging.INFO, "stdout"), (err_r, logging.WARNING, "stderr"))
+        readers = ((out_r, "stdout"), (err_r, "stderr"))
         followers: list[_Follower] = []
         handed = 0  # read ends given to _follow, which owns them from then on
         try:
             try:
-                for fd, level, stream in readers:
+                for fd, stream in readers:
                     handed += 1
-                    followers.append(await _follow(loop, fd, log, level, stream))
+                    followers.append(await _follow(loop, fd, watch, stream))
+                # Bytes, as os.environb holds them: copying references, not decoding every
+                # variable; built only now, so a burst of starts does not hold many copies.
+                env: dict[bytes, bytes] = {
+                    **os.environb,
+                    **self.env_bytes,
+                    b"TASKVISOR_TASK": os.fsencode(ctx.name),
+                    b"TASKVISOR_ATTEMPT": b"%d" % ctx.attempt,
+                }
                 proc = await asyncio.create_subprocess_exec(
                     *self.argv,
                     stdin=subprocess.DEVNULL,
@@ -219,30 +313,38 @@ class _Command:
                     cwd=self.cwd,
                     env=env,
                     process_group=0,
+                    preexec_fn=watch.preexec,
                 )
+                del env  # a copy of the whole environment: not kept for the attempt's life
             finally:
                 # The child has its own copies; ours must go for the pipes to reach EOF.
                 os.close(out_w)
                 os.close(err_w)
         except BaseException as exc:
-            for fd, _, _ in readers[handed:]:
+            for fd, _ in readers[handed:]:
                 os.close(fd)
             for f in followers:
                 f.close()
-            if isinstance(exc, FileNotFoundError | PermissionError | NotADirectoryError):
-                raise Fatal(f"cannot start {self.argv[0]!r}: {exc.strerror or exc}") from exc
             if isinstance(exc, OSError):
-                raise Fail(f"cannot start {self.argv[0]!r}: {exc.strerror or exc}") from exc
+                raise self._cannot_start(exc) from exc
             raise
         pid = proc.pid
         for f in followers:
             f.protocol.pid = pid
         log.debug("started %r as pid %d", self, pid)
+        watch.started(pid)
         stderr = followers[1]
         cancelled = False
+        early: BaseException | None = None
         try:
             try:
-                code = await proc.wait()
+                if not watch.judges:
+                    code = await proc.wait()
+                else:
+                    early = await _race(proc, watch)
+                    if early is not None:
+                        cancelled = await self._stop_group(proc, pid, log)
+                    code = await proc.wait()
             except asyncio.CancelledError:
                 cancelled = True
                 await self._stop_group(proc, pid, log)
@@ -250,13 +352,32 @@ class _Command:
             # The program exited by itself: what it left running in its group would be orphaned.
             if _group_alive(pid):
                 log.debug("process group %d outlived its leader; stopping it", pid)
-                cancelled = await self._stop_group(proc, pid, log)
+                cancelled = await self._stop_group(proc, pid, log) or cancelled
         finally:
             if await _drain(followers):
                 cancelled = True
         if cancelled:
             raise asyncio.CancelledError
+        if early is not None:
+            raise early
         self._judge(code, stderr.last_line)
+
+    def _cannot_start(self, exc: OSError) -> TaskError:
+        """``Fatal`` when retrying cannot help (not found, not allowed, no cwd); else ``Fail``."""
+        program = self.argv[0]
+        cwd = self.cwd
+        text = exc.strerror or str(exc)
+        if cwd is not None and (exc.filename == cwd or not os.path.isdir(cwd)):
+            if not os.path.exists(cwd):
+                return Fatal(f"cannot start {program!r}: working directory {cwd} does not exist")
+            if not os.path.isdir(cwd):
+                return Fatal(
+                    f"cannot start {program!r}: working directory {cwd} is not a directory"
+                )
+            return Fatal(f"cannot start {program!r}: cannot enter working directory {cwd}: {text}")
+        if isinstance(exc, FileNotFoundError | PermissionError | NotADirectoryError):
+            return Fatal(f"cannot start {program!r}: {text}")
+        return Fail(f"cannot start {program!r}: {text}")
 
     async def _stop_group(
         self, proc: asyncio.subprocess.Process, pgid: int, log: logging.Logger
@@ -381,17 +502,39 @@ async def _wait_group_gone(pgid: int, deadline: float) -> bool:
     return True
 
 
-class _LineLogger(asyncio.Protocol):
-    """Turns a pipe's bytes into one log record per line (internal)."""
+async def _race(proc: asyncio.subprocess.Process, watch: Watch) -> BaseException | None:
+    """Wait for the program's exit or the watch's verdict; the verdict, if it came first."""
+    waiter = asyncio.ensure_future(proc.wait())
+    verdict = asyncio.ensure_future(watch.verdict())
+    try:
+        await asyncio.wait((waiter, verdict), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for fut in (waiter, verdict):
+            if not fut.done():
+                fut.cancel()
+    if waiter.done() and not waiter.cancelled():
+        return None  # the program's own exit decides, even if both came at once
+    try:
+        return verdict.result()
+    except Exception as exc:  # a broken watch still ends the attempt, never leaks the program
+        return exc
 
-    def __init__(
-        self, log: logging.Logger, level: int, stream: str, done: asyncio.Future[None]
-    ) -> None:
-        self._log = log
-        self._level = level
+
+class _Lines(asyncio.Protocol):
+    """Turns a pipe's bytes into lines, and lines into records for the watch (internal).
+
+    A line is split at 64 KiB. Python tracebacks are gathered into one record (rule in
+    ``Watch.output``).
+    """
+
+    def __init__(self, watch: Watch, stream: str, done: asyncio.Future[None]) -> None:
+        self._watch = watch
         self._stream = stream
         self._buf = bytearray()
         self._done = done
+        self._group: list[str] = []
+        self._closing = False  # the group's exception line was seen; only a chain goes on
+        self._timer: asyncio.TimerHandle | None = None
         self.pid: int | None = None
         self.last_line: str | None = None
         self.transport: asyncio.ReadTransport | None = None
@@ -407,29 +550,74 @@ class _LineLogger(asyncio.Protocol):
             *lines, rest = bytes(buf).split(b"\n")
             buf[:] = rest
             for line in lines:
-                self._emit(line)
+                self._line(line)
         while len(buf) >= MAX_LINE:
-            self._emit(bytes(buf[:MAX_LINE]))
+            self._line(bytes(buf[:MAX_LINE]))
             del buf[:MAX_LINE]
+        if self._group:
+            self._arm()
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._buf:
-            self._emit(bytes(self._buf))
+            self._line(bytes(self._buf))
             self._buf.clear()
+        self._flush()
         if not self._done.done():
             self._done.set_result(None)
 
-    def _emit(self, raw: bytes) -> None:
+    def _line(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
         if line.strip():
             self.last_line = line
-        log = self._log
-        if log.isEnabledFor(self._level):
-            extra = {"taskvisor_stream": self._stream, "taskvisor_pid": self.pid}
-            log.log(self._level, "%s", line, extra=extra)
+        group = self._group
+        if group:
+            if self._joins(line):
+                group.append(line)
+                if len(group) >= GROUP_MAX_LINES:
+                    self._flush()
+                return
+            self._flush()
+        if line.lstrip(" +|").startswith(_TRACEBACK_STARTS):
+            self._group.append(line)
+            self._closing = False
+        else:
+            self._watch.output(self._stream, line, self.pid)
+
+    def _joins(self, line: str) -> bool:
+        """Whether ``line`` continues the traceback being gathered."""
+        stripped = line.strip()
+        if not stripped or stripped.startswith(_CHAIN_MARKERS):
+            self._closing = False
+            return True
+        if self._closing:
+            return False
+        if line[0].isspace() or line.lstrip(" +|").startswith(_TRACEBACK_STARTS):
+            return True
+        self._closing = True  # the exception line: the traceback ends here unless chained
+        return True
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(GROUP_QUIET, self._flush)
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        group = self._group
+        if not group:
+            return
+        while group and not group[-1].strip():
+            group.pop()
+        text = "\n".join(group)
+        group.clear()
+        self._closing = False
+        if text:
+            self._watch.output(self._stream, text, self.pid)
 
 
 class _Follower:
@@ -437,7 +625,7 @@ class _Follower:
 
     __slots__ = ("done", "protocol")
 
-    def __init__(self, protocol: _LineLogger, done: asyncio.Future[None]) -> None:
+    def __init__(self, protocol: _Lines, done: asyncio.Future[None]) -> None:
         self.protocol = protocol
         self.done = done
 
@@ -446,14 +634,13 @@ class _Follower:
         return self.protocol.last_line
 
     def close(self) -> None:
+        self.protocol._flush()
         if self.protocol.transport is not None:
             self.protocol.transport.close()
 
 
-async def _follow(
-    loop: asyncio.AbstractEventLoop, fd: int, log: logging.Logger, level: int, stream: str
-) -> _Follower:
-    """Start reading ``fd`` (owned from now on) on the loop, logging each line."""
+async def _follow(loop: asyncio.AbstractEventLoop, fd: int, watch: Watch, stream: str) -> _Follower:
+    """Start reading ``fd`` (owned from now on) on the loop, handing records to ``watch``."""
     done: asyncio.Future[None] = loop.create_future()
     try:
         # Wrapping an fd does no I/O; the transport owns the file and closes it.
@@ -462,13 +649,11 @@ async def _follow(
         os.close(fd)
         raise
     try:
-        _, protocol = await loop.connect_read_pipe(
-            lambda: _LineLogger(log, level, stream, done), pipe
-        )
+        _, protocol = await loop.connect_read_pipe(lambda: _Lines(watch, stream, done), pipe)
     except BaseException:
         pipe.close()
         raise
-    assert isinstance(protocol, _LineLogger)
+    assert isinstance(protocol, _Lines)
     return _Follower(protocol, done)
 
 

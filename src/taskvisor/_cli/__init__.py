@@ -1,8 +1,9 @@
 """The ``taskvisor`` command (also ``python -m taskvisor``).
 
 ``taskvisor run FILE.toml`` supervises the tasks the file declares until they all finish, a
-``[run] stop_after`` delay passes, or SIGINT/SIGTERM arrives (a second one forces).
-``taskvisor check FILE.toml`` only validates the file. The format is in ``docs/cli.md``.
+``[run] stop_after`` delay passes, or SIGINT/SIGTERM arrives (a second one forces); SIGHUP
+reloads the file. ``taskvisor check FILE.toml`` only validates the file. ``taskvisor ctl``
+talks to a running ``run`` over its control socket. The format is in ``docs/cli.md``.
 
 Exit status: 0 after a clean run; 1 when a task ended ``failed``, ``fatal`` or
 ``force_aborted`` (or the run could not start, e.g. the status port is taken); 2 for a bad
@@ -19,12 +20,25 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from .._events import Event, EventKind
-from .._outcome import OutcomeKind, TaskHandle
+from .._outcome import OutcomeKind
 from .._supervisor import Supervisor
-from ._file import FileErrors, Plan, SubscriberPlan, import_subscriber, load
+from ._control import ControlServer, SocketInUse, client
+from ._file import (
+    FileErrors,
+    Plan,
+    SubscriberPlan,
+    control_socket,
+    import_subscriber,
+    load,
+    read_toml,
+)
+from ._limits import Enforcer, detect
+from ._narrate import narrator
+from ._ready import Readiness
+from ._runtime import KEEPER, Runner
 
 __all__ = ["main"]
 
@@ -38,12 +52,16 @@ _BAD_OUTCOMES = frozenset({OutcomeKind.FAILED, OutcomeKind.FATAL, OutcomeKind.FO
 log = logging.getLogger("taskvisor.cli")
 
 
+DOCS = "docs/cli.md in the taskvisor sources"
+
+
 def _parser() -> argparse.ArgumentParser:
     from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="taskvisor",
         description="Supervise commands and Python functions declared in a TOML file.",
+        epilog=f"The file format, ctl and the exit statuses: {DOCS}.",
     )
     parser.add_argument("--version", action="version", version=f"taskvisor {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -51,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="supervise the tasks of FILE until they finish or Ctrl+C / SIGTERM",
         description="Supervise the tasks of FILE. Ctrl+C or SIGTERM stops them gracefully "
-        "within the grace period; a second one forces.",
+        "within the grace period; a second one forces. SIGHUP reloads FILE.",
+        epilog=f"Reference: {DOCS}.",
     )
     run.add_argument("file", metavar="FILE", help="a taskvisor TOML file")
     run.add_argument(
@@ -64,10 +83,35 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check",
         help="validate FILE without running anything",
-        description="Validate FILE: syntax, every key and value, and that every call target "
-        "imports. Runs nothing.",
+        description="Validate FILE: syntax, every key and value, that every call target "
+        "imports, that programs are on PATH, the after order, and which limits apply. "
+        "Runs nothing.",
+        epilog=f"Reference: {DOCS}.",
     )
     check.add_argument("file", metavar="FILE", help="a taskvisor TOML file")
+    ctl = commands.add_parser(
+        "ctl",
+        help="control a running `taskvisor run` (status, start, stop, restart, reload, tail)",
+        description="Talk to a running `taskvisor run` over its control socket.",
+        epilog=f"The socket and its protocol: {DOCS}.",
+    )
+    where = ctl.add_mutually_exclusive_group(required=True)
+    where.add_argument("--file", metavar="FILE", help="the TOML file the run was started with")
+    where.add_argument("--socket", metavar="PATH", help="the control socket itself")
+    actions = ctl.add_subparsers(dest="action", required=True, metavar="ACTION")
+    status = actions.add_parser("status", help="one line per task (--json: a JSON object)")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    for action, text in (
+        ("start", "start a stopped or finished task"),
+        ("stop", "stop a task (it stays stopped until started)"),
+        ("restart", "stop a task and start it again"),
+    ):
+        actions.add_parser(action, help=text).add_argument("name", metavar="NAME")
+    actions.add_parser("reload", help="re-read the file; apply only what changed")
+    tail = actions.add_parser("tail", help="print a task's last output lines and follow it")
+    tail.add_argument("name", metavar="NAME")
+    tail.add_argument("-n", "--lines", type=int, default=10, help="lines to show first (10)")
+    tail.add_argument("--no-follow", action="store_true", help="print the last lines and exit")
     return parser
 
 
@@ -77,15 +121,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args.file)
+        if args.command == "ctl":
+            return _ctl(args)
         return _run(args.file, args.log_level)
     except KeyboardInterrupt:
         print("taskvisor: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
-def _report_errors(errors: FileErrors) -> int:
+def _ctl(args: argparse.Namespace) -> int:
+    path = args.socket
+    if path is None:
+        try:
+            data = read_toml(args.file)
+        except FileErrors as bad:
+            return _report_errors(bad, "taskvisor ctl")
+        problems: list[str] = []
+        path = control_socket(problems, args.file, Path(args.file).resolve().parent, data)
+        if problems:
+            return _report_errors(FileErrors(problems), "taskvisor ctl")
+    request: dict[str, Any] = {"command": args.action}
+    if args.action in ("start", "stop", "restart", "tail"):
+        request["name"] = args.name
+    if args.action == "tail":
+        request["lines"] = args.lines
+        request["follow"] = not args.no_follow
+    return client(path, request, as_json=bool(getattr(args, "json", False)))
+
+
+def _report_errors(errors: FileErrors, who: str = "taskvisor") -> int:
     for message in errors.messages:
-        print(f"taskvisor: error: {message}", file=sys.stderr)
+        print(f"{who}: error: {message}", file=sys.stderr)
     return EXIT_USAGE
 
 
@@ -96,8 +162,21 @@ def _check(file: str) -> int:
         return _report_errors(errors)
     for warning in plan.warnings:
         print(f"taskvisor: warning: {warning}", file=sys.stderr)
-    names = ", ".join(spec.name for spec in plan.specs)
-    parts = [f"{len(plan.specs)} task{'s' if len(plan.specs) != 1 else ''} ({names})"]
+    limited = [task for task in plan.tasks if task.limits is not None]
+    if limited:
+        support = detect()
+        print(f"{file}: limits: {support.mechanism()}")
+        for task in limited:
+            assert task.limits is not None
+            print(
+                f"{file}: task {task.name!r}: limits: " + "; ".join(support.describe(task.limits))
+            )
+    names = ", ".join(task.name for task in plan.tasks)
+    count = len(plan.tasks)
+    parts = [f"{count} task{'s' if count != 1 else ''} ({names})"]
+    ordered = [task for task in plan.tasks if task.after]
+    if ordered:
+        parts.append(f"{len(ordered)} started after others")
     if plan.subscribers:
         kinds = ", ".join(s.type for s in plan.subscribers)
         parts.append(f"subscribers: {kinds}")
@@ -126,10 +205,27 @@ def _run(file: str, level: str) -> int:
         return _report_errors(errors)
     for warning in plan.warnings:
         log.warning("%s", warning)
+    _watch_children_with_pidfds()
     try:
         return asyncio.run(_supervise(plan))
     except FileErrors as errors:
         return _report_errors(errors)
+
+
+def _watch_children_with_pidfds() -> None:
+    """On Python 3.11, learn of programs' exits through pidfds, not a thread per program.
+
+    3.11's default child watcher waits for each child in a thread of its own: 200 programs
+    are 200 threads (about 7 MiB) and a thread start per restart. Python 3.12 picks pidfds
+    by itself (and deprecates choosing); kernels before 5.3 keep the default.
+    """
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return
+    asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
 
 
 # ---------------------------------------------------------------------- subscribers
@@ -172,8 +268,6 @@ def _build_subscribers(plan: Plan) -> _Built:
     if errors:
         built.close()
         raise FileErrors(errors)
-    if not any(sub.type == "log" for sub in plan.subscribers):
-        built.subscribers.append(import_subscriber("log")())
     if built.prometheus is None and plan.status is not None:
         try:
             built.prometheus = import_subscriber("prometheus")()
@@ -209,45 +303,51 @@ def _metrics_source(prometheus: Any) -> Callable[[], tuple[bytes, str]] | None:
 # ---------------------------------------------------------------------- the run
 
 
-def _narrator(grace: float) -> Callable[[Event], None]:
-    """A subscriber that tells the person at the terminal what shutdown is doing."""
-
-    def taskvisor_cli(event: Event) -> None:
-        if event.kind is EventKind.SHUTDOWN_REQUESTED:
-            if event.reason and event.reason.startswith("signal"):
-                log.info(
-                    "%s: stopping every task (grace %gs); press Ctrl+C again to force",
-                    event.reason,
-                    grace,
-                )
-            elif event.reason != "natural completion":
-                log.info("stopping every task (grace %gs)", grace)
-        elif event.kind is EventKind.GRACE_EXCEEDED:
-            log.warning("grace period over: %s; forcing them", event.reason)
-
-    return taskvisor_cli
-
-
 async def _supervise(plan: Plan) -> int:
     built = _build_subscribers(plan)
     config = replace(plan.config, handle_signals=True)
-    sup = Supervisor(
-        config=config,
-        defaults=plan.defaults,
-        subscribers=[*built.subscribers, _narrator(config.grace)],
-    )
+    declared_log = any(sub.type == "log" for sub in plan.subscribers)
+    say = narrator(config.grace, events=not declared_log, hidden=KEEPER)
+    sup = Supervisor(config=config, defaults=plan.defaults, subscribers=[*built.subscribers, say])
     if built.prometheus is not None:
         built.prometheus.bind(sup)
     loop = asyncio.get_running_loop()
+    readiness = Readiness()
+    support = detect()
+    if any(task.limits is not None for task in plan.tasks):
+        log.info("limits: %s", support.mechanism())
+    runner = Runner(plan, sup, readiness, Enforcer(support))
     status: Any = None
+    control: ControlServer | None = None
     stopper: list[asyncio.Task[Any]] = []
+    reloads: set[asyncio.Task[None]] = set()
     try:
         await sup.start()
+        control = ControlServer(runner, plan.socket)
+        try:
+            await control.start()
+        except SocketInUse as exc:
+            log.error("%s", exc)
+            control = None
+            await sup.shutdown()
+            return EXIT_FAILED
+        except OSError as exc:
+            log.warning(
+                "taskvisor ctl is off: cannot listen on %s: %s", plan.socket, exc.strerror or exc
+            )
+            control = None
         if plan.status is not None:
             from .._status import StatusServer
 
             host, port = plan.status
-            status = StatusServer(sup, host, port, metrics=_metrics_source(built.prometheus))
+            status = StatusServer(
+                sup,
+                host,
+                port,
+                metrics=_metrics_source(built.prometheus),
+                details=runner.details,
+                hidden=(KEEPER,),
+            )
             try:
                 await status.start()
             except OSError as exc:
@@ -259,10 +359,21 @@ async def _supervise(plan: Plan) -> int:
                 status = None
                 await sup.shutdown()
                 return EXIT_FAILED
-        handles = [sup.add(spec) for spec in plan.specs]
-        if status is not None:
-            for handle in handles:
-                status.track(handle)
+            runner.on_add.append(status.track)
+        runner.start_all()
+
+        def reload() -> None:
+            async def apply() -> None:
+                try:
+                    log.info("SIGHUP: %s", await runner.reload())
+                except Exception as exc:
+                    log.error("SIGHUP: %s", exc)
+
+            task = loop.create_task(apply())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
         timer = None
         if plan.stop_after is not None:
 
@@ -271,15 +382,22 @@ async def _supervise(plan: Plan) -> int:
                 stopper.append(loop.create_task(sup.shutdown()))
 
             timer = loop.call_later(plan.stop_after, stop_after)
-        loop.call_soon(_announce, sup, plan, len(handles), signal.getsignal(signal.SIGINT), 0)
+        count = len(plan.tasks)
+        loop.call_soon(_announce, sup, plan, count, signal.getsignal(signal.SIGINT), 0)
         report = await sup.run([])
         if timer is not None:
             timer.cancel()
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        for task in reloads:
+            task.cancel()
+        if control is not None:
+            await control.stop()
         if status is not None:
             await status.stop()
+        runner.close()
         built.close()
-    return _summarise(handles, report.grace_exceeded)
+    return _summarise(runner, report.grace_exceeded)
 
 
 def _announce(sup: Supervisor, plan: Plan, count: int, before: object, tries: int) -> None:
@@ -298,18 +416,19 @@ def _announce(sup: Supervisor, plan: Plan, count: int, before: object, tries: in
     )
 
 
-def _summarise(handles: list[TaskHandle], grace_exceeded: bool) -> int:
+def _summarise(runner: Runner, grace_exceeded: bool) -> int:
     bad = grace_exceeded
-    for handle in handles:
-        outcome = handle.outcome
+    for program in runner.programs.values():
+        outcome = program.outcome
         if outcome is None:  # cannot happen after shutdown; be honest if it does
-            log.warning("task %r: no outcome", handle.name)
+            log.warning("task %r: no outcome", program.name)
             bad = True
             continue
         attempts = f"{outcome.attempts} attempt{'' if outcome.attempts == 1 else 's'}"
-        reason = f": {outcome.reason}" if outcome.reason and outcome.kind in _BAD_OUTCOMES else ""
-        level = logging.WARNING if outcome.kind in _BAD_OUTCOMES else logging.INFO
-        log.log(level, "task %r %s after %s%s", handle.name, outcome.kind.value, attempts, reason)
-        if outcome.kind in _BAD_OUTCOMES:
+        failed = outcome.kind in _BAD_OUTCOMES
+        reason = f": {outcome.reason}" if outcome.reason and failed else ""
+        level = logging.WARNING if failed else logging.INFO
+        log.log(level, "task %r %s after %s%s", program.name, outcome.kind.value, attempts, reason)
+        if failed:
             bad = True
     return EXIT_FAILED if bad else EXIT_OK

@@ -20,7 +20,8 @@ from typing import Any
 from .._config import SupervisorConfig
 from .._events import EventKind
 from .._outcome import OutcomeKind
-from .._spec import TaskDefaults, TaskSpec
+from .._spec import TaskDefaults
+from ._pending import read_groups, read_intensity, read_pending
 from ._table import (
     MISSING,
     FileErrors,
@@ -33,6 +34,7 @@ from ._table import (
 )
 from ._tasks import (
     DEFAULT_KEYS,
+    TaskPlan,
     backoff_fields,
     backoff_policy,
     max_retries_value,
@@ -41,11 +43,26 @@ from ._tasks import (
     timeout_value,
 )
 
-__all__ = ["FileErrors", "Plan", "SubscriberPlan", "import_subscriber", "load", "parse_listen"]
+__all__ = [
+    "FileErrors",
+    "Plan",
+    "SubscriberPlan",
+    "TaskPlan",
+    "control_socket",
+    "import_subscriber",
+    "load",
+    "parse_listen",
+    "read_toml",
+]
 
 SUBSCRIBER_TYPES = ("log", "jsonl", "prometheus")
-TOP_KEYS = ("defaults", "run", "status", "subscriber", "supervisor", "task")
-SUPERVISOR_KEYS = ("grace", "max_concurrent", "subscriber_shutdown_timeout")
+TOP_KEYS = ("control", "defaults", "group", "run", "status", "subscriber", "supervisor", "task")
+CONTROL_KEYS = ("socket",)
+RUN_WIDE = ("control", "group", "run", "status", "subscriber", "supervisor")
+"""Tables a reload cannot apply to a running supervisor (it says so)."""
+SOCKET_MAX = 107
+"""Longest Unix socket path Linux accepts (``sun_path`` less its final NUL)."""
+SUPERVISOR_KEYS = ("grace", "intensity", "max_concurrent", "subscriber_shutdown_timeout")
 RUN_KEYS = ("stop_after",)
 SUBSCRIBER_KEYS: dict[str, tuple[str, ...]] = {
     "log": ("level_map", "logger", "type"),
@@ -72,11 +89,19 @@ class Plan:
     path: Path
     config: SupervisorConfig
     defaults: TaskDefaults
-    specs: list[TaskSpec]
+    tasks: list[TaskPlan]
     subscribers: list[SubscriberPlan] = field(default_factory=list)
     status: tuple[str, int] | None = None
     stop_after: float | None = None
     warnings: list[str] = field(default_factory=list)
+    socket: str = ""
+    """The control socket's path (``[control] socket``, or the file's with ``.sock``)."""
+    run_wide: dict[str, Any] = field(default_factory=dict)
+    """The run-wide tables as written, to tell a reload what it cannot change."""
+    intensity: tuple[int, float] | None = None
+    """``[supervisor] intensity``, checked; not applied yet (``_pending.py``)."""
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    """``[[group]]`` tables, checked; not applied yet (``_pending.py``)."""
 
 
 # ---------------------------------------------------------------------- subscribers
@@ -211,16 +236,102 @@ def _status(errors: list[str], file: str, data: dict[str, Any]) -> tuple[str, in
     return address
 
 
+def read_toml(file: str) -> dict[str, Any]:
+    """The file's TOML as a dict; ``FileErrors`` with one line saying why it cannot be read."""
+    try:
+        with open(file, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise FileErrors([f"{file}: cannot read it: {exc.strerror or exc}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise FileErrors(
+            [
+                f"{file}: not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {line} "
+                "cannot be decoded; TOML files must be saved as UTF-8"
+            ]
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FileErrors([f"{file}: not valid TOML: {exc}"]) from None
+
+
+def control_socket(errors: list[str], file: str, base: Path, data: dict[str, Any]) -> str:
+    """The control socket path: ``[control] socket``, or the file's path ending ``.sock``.
+
+    A relative ``socket`` is relative to the file's directory.
+    """
+    t = top_table(errors, file, data, "control")
+    path = str(Path(file).resolve().with_suffix(".sock"))
+    where = f"{file}: control: socket"
+    if t is not None:
+        t.only(CONTROL_KEYS)
+        value = t.string("socket", "a file path")
+        if value is not MISSING:
+            path = resolve_path(base, value)
+            where = f"{file}: [control]: socket"
+    if len(os.fsencode(path)) > SOCKET_MAX:
+        errors.append(
+            f"{where}: {path} is {len(os.fsencode(path))} bytes long; a Unix socket path may "
+            f'have at most {SOCKET_MAX}: set a shorter one with [control] socket = "…"'
+        )
+    return path
+
+
+def _check_after(errors: list[str], file: str, tasks: list[TaskPlan]) -> None:
+    """Every ``after`` name exists, and no chain of them comes back to where it started."""
+    by_name = {task.name: task for task in tasks}
+    ok = True
+    for task in tasks:
+        for dep in task.after:
+            if dep not in by_name:
+                close = difflib.get_close_matches(dep, list(by_name), n=1)
+                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                errors.append(
+                    f'{file}: task "{task.name}" (#{task.index}): after: expected names of '
+                    f'tasks in this file, got unknown "{dep}"{hint}'
+                )
+                ok = False
+    if not ok:
+        return
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in tasks:
+        if state.get(root.name):
+            continue
+        path: list[str] = []
+        stack: list[tuple[str, int]] = [(root.name, 0)]
+        while stack:
+            name, i = stack.pop()
+            deps = by_name[name].after
+            if i == 0:
+                state[name] = 1
+                path.append(name)
+            if i < len(deps):
+                stack.append((name, i + 1))
+                dep = deps[i]
+                if state.get(dep) == 1:
+                    cycle = [*path[path.index(dep) :], dep]
+                    first = by_name[cycle[0]]
+                    errors.append(
+                        f'{file}: task "{first.name}" (#{first.index}): after: a cycle: '
+                        + " -> ".join(cycle)
+                        + "; expected tasks that can start one after another"
+                    )
+                    return
+                if not state.get(dep):
+                    stack.append((dep, 0))
+            else:
+                state[name] = 2
+                path.pop()
+
+
 def load(path: str | os.PathLike[str]) -> Plan:
     """Read and check the file at ``path``; raise ``FileErrors`` listing every problem."""
     file = os.fspath(path)
-    try:
-        with open(file, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise FileErrors([f"{file}: cannot read it: {exc.strerror or exc}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise FileErrors([f"{file}: not valid TOML: {exc}"]) from None
+    data = read_toml(file)
     base = Path(file).resolve().parent
     for directory in (os.getcwd(), str(base)):  # `python -m` puts the cwd first too
         if directory not in sys.path:
@@ -231,6 +342,8 @@ def load(path: str | os.PathLike[str]) -> Plan:
     top.only(TOP_KEYS)
 
     config = SupervisorConfig()
+    intensity: Any = MISSING
+    default_pending: dict[str, Any] = {}
     sup = top_table(errors, file, data, "supervisor")
     if sup is not None:
         sup.only(SUPERVISOR_KEYS, {"stop_after": "it belongs in [run]"})
@@ -243,6 +356,7 @@ def load(path: str | os.PathLike[str]) -> Plan:
         if mc is not MISSING:
             kwargs["max_concurrent"] = mc
         config = SupervisorConfig(**kwargs)
+        intensity = read_intensity(sup)
 
     stop_after = None
     run = top_table(errors, file, data, "run")
@@ -254,6 +368,7 @@ def load(path: str | os.PathLike[str]) -> Plan:
 
     defaults = TaskDefaults()
     default_backoff: dict[str, Any] = {}
+    defaults_raw = data.get("defaults")
     d = top_table(errors, file, data, "defaults")
     if d is not None:
         d.only(DEFAULT_KEYS)
@@ -272,8 +387,9 @@ def load(path: str | os.PathLike[str]) -> Plan:
         if retries is not MISSING:
             kwargs["max_retries"] = retries
         defaults = TaskDefaults(**kwargs)
+        default_pending = read_pending(d, interval=defaults.restart.interval is not None)
 
-    specs: list[TaskSpec] = []
+    tasks_plan: list[TaskPlan] = []
     names: dict[str, int] = {}
     tasks = array_of_tables(errors, file, data, "task")
     if not tasks and "task" not in data:
@@ -281,9 +397,35 @@ def load(path: str | os.PathLike[str]) -> Plan:
             f"{file}: task: expected at least one [[task]] table, with a name and a command or call"
         )
     for i, item in enumerate(tasks, 1):
-        spec = read_task(errors, file, base, i, item, defaults, default_backoff, names, warnings)
-        if spec is not None:
-            specs.append(spec)
+        task = read_task(
+            errors,
+            file,
+            base,
+            i,
+            item,
+            defaults,
+            default_backoff,
+            names,
+            warnings,
+            defaults_raw if isinstance(defaults_raw, dict) else None,
+            default_pending,
+        )
+        if task is not None:
+            tasks_plan.append(task)
+    if not errors:
+        _check_after(errors, file, tasks_plan)
+    groups = read_groups(errors, file, data, {task.name for task in tasks_plan})
+    for task in tasks_plan:
+        if task.pending:
+            keys = ", ".join(sorted(task.pending))
+            warnings.append(
+                f'{file}: task "{task.name}" (#{task.index}): {keys}: checked, but not applied '
+                "by this version of taskvisor"
+            )
+    if intensity is not MISSING:
+        warnings.append(f"{file}: [supervisor]: intensity: checked, but not applied yet")
+    if groups:
+        warnings.append(f"{file}: group: [[group]] tables are checked, but not applied yet")
 
     subs: list[SubscriberPlan] = []
     for i, item in enumerate(array_of_tables(errors, file, data, "subscriber"), 1):
@@ -292,6 +434,21 @@ def load(path: str | os.PathLike[str]) -> Plan:
             subs.append(sub_plan)
 
     status = _status(errors, file, data)
+    socket = control_socket(errors, file, base, data)
     if errors:
         raise FileErrors(errors)
-    return Plan(Path(file), config, defaults, specs, subs, status, stop_after, warnings)
+    run_wide = {key: data[key] for key in RUN_WIDE if key in data}
+    return Plan(
+        Path(file),
+        config,
+        defaults,
+        tasks_plan,
+        subs,
+        status,
+        stop_after,
+        warnings,
+        socket,
+        run_wide,
+        None if intensity is MISSING else intensity,
+        groups,
+    )

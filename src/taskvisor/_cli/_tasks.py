@@ -10,8 +10,10 @@ import importlib
 import inspect
 import json
 import math
+import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +21,78 @@ from .._policies import BackoffPolicy, JitterPolicy, RestartPolicy
 from .._spec import TaskDefaults, TaskSpec, _is_async_callable
 from .._threaded import threaded
 from ..process import command
+from ._limits import Limits, read_limits
+from ._output import OutputPlan, read_output
+from ._pending import PENDING_KEYS, read_pending
+from ._probes import Probe, read_probe
 from ._table import MISSING, Table, resolve_path, show
 
 RESTARTS = ("never", "on_failure", "always")
 JITTERS = tuple(j.value for j in JitterPolicy)
 BACKOFF_KEYS = ("factor", "first", "jitter", "max")
 POLICY_KEYS = ("backoff", "interval", "max_retries", "restart", "timeout")
-DEFAULT_KEYS = POLICY_KEYS
+DEFAULT_KEYS = (*POLICY_KEYS, *PENDING_KEYS)
 COMMAND_KEYS = (
+    "backups",
     "cwd",
     "env",
     "fatal_exit_codes",
+    "health",
+    "limits",
+    "max_bytes",
+    "ready",
+    "stderr",
+    "stdout",
     "stop_signal",
     "stop_timeout",
     "success_exit_codes",
 )
-TASK_KEYS = ("call", "command", "name", *POLICY_KEYS, *COMMAND_KEYS)
+TASK_KEYS = ("after", "call", "command", "name", *POLICY_KEYS, *PENDING_KEYS, *COMMAND_KEYS)
+RESERVED_NAME = "(taskvisor)"
+"""The name of the run's own internal task (``_runtime``); no file task may take it."""
+
+Body = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPlan:
+    """One ``[[task]]``, checked; ``_runtime`` builds its ``TaskSpec`` with ``spec(body)``."""
+
+    name: str
+    index: int
+    policies: dict[str, Any]
+    """``TaskSpec`` keywords given in the table (left out: inherited from ``[defaults]``)."""
+    body: Body | None = None
+    """A ``call`` task's body."""
+    argv: tuple[str, ...] = ()
+    command_options: dict[str, Any] = field(default_factory=dict)
+    """``process.command`` keywords of a command task (``cwd`` always set)."""
+    after: tuple[str, ...] = ()
+    ready: Probe | None = None
+    health: Probe | None = None
+    limits: Limits | None = None
+    output: OutputPlan = field(default_factory=OutputPlan)
+    once: bool = False
+    """Restart ``never`` (its own or inherited): ready means completed."""
+    fingerprint: str = ""
+    """The task's table and ``[defaults]`` as written: a reload restarts it when this changes."""
+    pending: dict[str, Any] = field(default_factory=dict)
+    """``TaskSpec`` keywords of SPEC §10/§13 read from the file (its own, then ``[defaults]``)
+    that this version's ``TaskSpec`` does not take yet (``_pending.py``)."""
+
+    @property
+    def is_command(self) -> bool:
+        """Whether this task runs a program (else it calls a function)."""
+        return bool(self.argv)
+
+    def spec(self, body: Body) -> TaskSpec:
+        """The ``TaskSpec`` of this task, running ``body``.
+
+        The one place where the file's keywords become ``TaskSpec`` keywords. ``pending``
+        (ready_timeout, heartbeat, reset_after, retry_on, fixed_rate, jitter, first_delay,
+        cron, tz) is to be passed here too once ``TaskSpec`` takes those keywords.
+        """
+        return TaskSpec(self.name, body, **self.policies)
 
 
 # ---------------------------------------------------------------------- policies
@@ -269,6 +327,32 @@ def _body(t: Table, spec: str) -> Any:
     return fn if _is_async_callable(fn) else threaded(fn)
 
 
+def _after(t: Table, name: Any) -> Any:
+    value = t.raw("after")
+    if value is MISSING:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        t.error("after", f'expected an array of task names, like ["db"], got {show(value)}')
+        return MISSING
+    if name in value:
+        t.error("after", f"a task cannot wait for itself: remove {json.dumps(name)}")
+        return MISSING
+    return tuple(dict.fromkeys(value))
+
+
+def _which(argv0: str, cwd: str, env: Mapping[str, str] | None) -> bool:
+    """Whether ``argv0`` would be found when the program starts (in ``cwd``, on ``PATH``)."""
+    if "/" in argv0:
+        path = argv0 if os.path.isabs(argv0) else os.path.join(cwd, argv0)
+        return os.path.isfile(path) and os.access(path, os.X_OK)
+    search = (env or {}).get("PATH", os.environ.get("PATH", os.defpath))
+    for directory in search.split(os.pathsep):
+        path = os.path.join(directory or ".", argv0)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return True
+    return False
+
+
 def read_task(
     errors: list[str],
     file: str,
@@ -279,8 +363,10 @@ def read_task(
     default_backoff: Mapping[str, Any],
     names: dict[str, int],
     warnings: list[str],
-) -> TaskSpec | None:
-    """One ``[[task]]`` as a ``TaskSpec``; ``None`` once its errors are recorded.
+    defaults_raw: Mapping[str, Any] | None = None,
+    default_pending: Mapping[str, Any] | None = None,
+) -> TaskPlan | None:
+    """One ``[[task]]`` as a ``TaskPlan``; ``None`` once its errors are recorded.
 
     ``names`` maps the names seen so far to their position (for duplicates); keys left out
     are left out of the spec too, so ``TaskDefaults`` fills them in at admission.
@@ -300,7 +386,11 @@ def read_task(
     else:
         name = t.string("name")
         if name is not MISSING:
-            if name in names:
+            if name == RESERVED_NAME:
+                t.error(
+                    "name", f"{json.dumps(name)} is reserved for taskvisor itself; pick another"
+                )
+            elif name in names:
                 t.error(
                     "name",
                     f"expected a unique name, but task #{names[name]} is also {json.dumps(name)}",
@@ -320,6 +410,15 @@ def read_task(
         "timeout": timeout_value(t),
         "max_retries": max_retries_value(t),
     }
+    after = _after(t, name)
+    restart = policies["restart"]
+    if restart is MISSING:
+        restart = defaults.restart
+    pending = {
+        **(default_pending or {}),
+        **read_pending(t, interval=restart.interval is not None),
+    }
+    extra: dict[str, Any] = {}
     body: Any = MISSING
     if has_cmd and not has_call:
         argv = _argv(t)
@@ -329,6 +428,10 @@ def read_task(
         stop_timeout = t.number("stop_timeout")
         fatal = _codes(t, "fatal_exit_codes")
         success = _codes(t, "success_exit_codes")
+        ready = read_probe(t, "ready")
+        health = read_probe(t, "health")
+        limits = read_limits(t)
+        output = read_output(t, base)
         if fatal is not MISSING:
             both = set(fatal) & set((0,) if success is MISSING else success)
             if both:
@@ -356,6 +459,20 @@ def read_task(
             directory = Path(kwargs["cwd"])
             if not directory.is_dir():
                 warnings.append(f"{file}: {label}: cwd: {directory} is not a directory (yet)")
+            elif not _which(argv[0], kwargs["cwd"], kwargs.get("env")):
+                warnings.append(
+                    f"{file}: {label}: command: {json.dumps(argv[0])} is not found "
+                    + ("(relative to cwd)" if "/" in argv[0] else "on PATH")
+                    + "; the task will fail to start unless it is installed first"
+                )
+            extra = {
+                "argv": tuple(argv),
+                "command_options": kwargs,
+                "ready": None if ready is MISSING else ready,
+                "health": None if health is MISSING else health,
+                "limits": None if limits is MISSING else limits,
+                "output": output,
+            }
     elif has_call and not has_cmd:
         for key in COMMAND_KEYS:
             if t.has(key):
@@ -363,11 +480,24 @@ def read_task(
         call = t.string("call", '"package.module:function"')
         if call is not MISSING:
             body = _body(t, call)
-    if len(errors) > before or body is MISSING:
+            if body is not MISSING:
+                extra = {"body": body}
+    if len(errors) > before or body is MISSING or after is MISSING:
         return None
     kwargs = {k: v for k, v in policies.items() if v is not MISSING}
     try:
-        return TaskSpec(name, body, **kwargs)
+        TaskSpec(name, body, **kwargs)  # every check the spec makes, now
     except (TypeError, ValueError) as exc:
         t.error("task", str(exc))
         return None
+    fingerprint = json.dumps([data, defaults_raw or {}], sort_keys=True, default=str)
+    return TaskPlan(
+        name,
+        index,
+        kwargs,
+        after=after,
+        once=restart.mode.value == "never",
+        fingerprint=fingerprint,
+        pending=pending,
+        **extra,
+    )
