@@ -170,7 +170,7 @@ async def drive(
                 streak = 0
                 previous_delay = None
                 now = time.monotonic()
-                if schedule is not None:
+                if schedule is not None and (schedule.cron or restart.interval is not None):
                     delay = schedule.wait_after_success(
                         restart.interval, grid_start, now, time.time(), _rng
                     )

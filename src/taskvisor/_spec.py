@@ -232,11 +232,17 @@ class TaskSpec:
             reset_after = _check_reset_after(reset_after)
         if retry_on is not UNSET:
             retry_on = _check_retry_on(retry_on)
-        if schedule is not None and not isinstance(schedule, Schedule):
-            raise TypeError(
-                "schedule is set by TaskSpec.periodic or TaskSpec.cron, "
-                f"got {type(schedule).__name__}"
-            )
+        if schedule is not None:
+            if not isinstance(schedule, Schedule):
+                raise TypeError(
+                    "schedule is set by TaskSpec.periodic or TaskSpec.cron, "
+                    f"got {type(schedule).__name__}"
+                )
+            periodic = isinstance(restart, RestartPolicy) and restart.interval is not None
+            if schedule.cron is None and (schedule.fixed_rate or schedule.jitter) and not periodic:
+                raise ValueError(
+                    "fixed_rate and jitter need a period: TaskSpec.periodic(name, fn, every, ...)"
+                )
         _set_name(self, name)
         _set_fn(self, fn)
         _set_restart(self, restart)
@@ -343,6 +349,7 @@ class TaskSpec:
         *,
         tz: ZoneInfo | str | None = None,
         jitter: float = 0.0,
+        first_delay: float = 0.0,
         backoff: BackoffPolicy | _Unset = UNSET,
         timeout: float | _Unset | None = UNSET,
         max_retries: int | _Unset | None = UNSET,
@@ -356,7 +363,9 @@ class TaskSpec:
         ``tz``: a ``zoneinfo.ZoneInfo``, a zone name, or ``None`` (local time). A bad
         expression raises ``ValueError`` naming it.
         """
-        schedule = Schedule(jitter=jitter, cron=expression, tz=check_tz(tz))
+        schedule = Schedule(
+            first_delay=first_delay, jitter=jitter, cron=expression, tz=check_tz(tz)
+        )
         return cls(
             name,
             fn,

@@ -21,7 +21,7 @@ from .._config import SupervisorConfig
 from .._events import EventKind
 from .._outcome import OutcomeKind
 from .._spec import TaskDefaults
-from ._pending import read_groups, read_intensity, read_pending
+from ._pending import NOT_APPLIED, read_groups, read_intensity, read_pending
 from ._table import (
     MISSING,
     FileErrors,
@@ -341,7 +341,8 @@ def load(path: str | os.PathLike[str]) -> Plan:
     top = Table(errors, file, data)
     top.only(TOP_KEYS)
 
-    config = SupervisorConfig()
+    # The command narrates on the terminal itself (``_narrate.py``): no default log beside it.
+    config = SupervisorConfig(log=False)
     intensity: Any = MISSING
     default_pending: dict[str, Any] = {}
     sup = top_table(errors, file, data, "supervisor")
@@ -355,7 +356,7 @@ def load(path: str | os.PathLike[str]) -> Plan:
         mc = sup.integer("max_concurrent", minimum=1)
         if mc is not MISSING:
             kwargs["max_concurrent"] = mc
-        config = SupervisorConfig(**kwargs)
+        config = SupervisorConfig(log=False, **kwargs)
         intensity = read_intensity(sup)
 
     stop_after = None
@@ -416,8 +417,9 @@ def load(path: str | os.PathLike[str]) -> Plan:
         _check_after(errors, file, tasks_plan)
     groups = read_groups(errors, file, data, {task.name for task in tasks_plan})
     for task in tasks_plan:
-        if task.pending:
-            keys = ", ".join(sorted(task.pending))
+        unapplied = sorted(set(task.pending) & NOT_APPLIED)
+        if unapplied:
+            keys = ", ".join(unapplied)
             warnings.append(
                 f'{file}: task "{task.name}" (#{task.index}): {keys}: checked, but not applied '
                 "by this version of taskvisor"

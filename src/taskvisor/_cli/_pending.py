@@ -1,11 +1,10 @@
-"""Keys of SPEC §10 and §13 that the file accepts and checks, but that are not applied yet.
+"""Keys of SPEC §10 and §13: read and checked here, applied by ``TaskPlan.spec``.
 
-The core of this branch has no ``TaskSpec(ready_timeout, heartbeat, reset_after, retry_on,
-fixed_rate, jitter, first_delay)``, no ``TaskSpec.cron``, no ``SupervisorConfig(intensity)``
-and no ``GroupSpec``. So that files written for them are checked now (each error naming the
-file, the task, the key and what was expected), their values are read here into a mapping of
-``TaskSpec`` keywords (``TaskPlan.pending``), and ``run`` warns that they are not applied.
-``TaskPlan.spec`` is the one place where they will be passed on.
+Each error names the file, the task, the key and what was expected; the values become a
+mapping of ``TaskSpec`` keywords (``TaskPlan.pending``). The §13 keys (``reset_after``,
+``retry_on``, ``fixed_rate``, ``jitter``, ``first_delay``, ``cron``, ``tz``) are applied; those
+in ``NOT_APPLIED`` (§10: readiness and heartbeats, intensity, groups) are checked, and ``run``
+warns that this version does not apply them yet.
 
 Keys (``[[task]]`` and ``[defaults]``): ``ready_timeout``, ``heartbeat`` (seconds, 0 = none),
 ``reset_after`` (seconds > 0), ``retry_on`` (exception names: a builtin like
@@ -24,7 +23,14 @@ from typing import Any
 
 from ._table import MISSING, Table, array_of_tables, show
 
-__all__ = ["GROUP_KEYS", "PENDING_KEYS", "read_groups", "read_intensity", "read_pending"]
+__all__ = [
+    "GROUP_KEYS",
+    "NOT_APPLIED",
+    "PENDING_KEYS",
+    "read_groups",
+    "read_intensity",
+    "read_pending",
+]
 
 PENDING_KEYS = (
     "cron",
@@ -37,6 +43,8 @@ PENDING_KEYS = (
     "retry_on",
     "tz",
 )
+NOT_APPLIED = frozenset({"ready_timeout", "heartbeat"})
+"""Pending keys the core does not take yet (SPEC §10)."""
 GROUP_KEYS = ("auto_shutdown", "children", "intensity", "name", "strategy")
 STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 AUTO_SHUTDOWN = ("all_done", "any_done")

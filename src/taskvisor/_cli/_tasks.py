@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .._policies import BackoffPolicy, JitterPolicy, RestartPolicy
+from .._schedule import Schedule
 from .._spec import TaskDefaults, TaskSpec, _is_async_callable
 from .._threaded import threaded
 from ..process import command
@@ -88,11 +89,32 @@ class TaskPlan:
     def spec(self, body: Body) -> TaskSpec:
         """The ``TaskSpec`` of this task, running ``body``.
 
-        The one place where the file's keywords become ``TaskSpec`` keywords. ``pending``
-        (ready_timeout, heartbeat, reset_after, retry_on, fixed_rate, jitter, first_delay,
-        cron, tz) is to be passed here too once ``TaskSpec`` takes those keywords.
+        The one place where the file's keywords become ``TaskSpec`` keywords (those of
+        ``_pending.NOT_APPLIED`` are not taken yet).
         """
-        return TaskSpec(self.name, body, **self.policies)
+        kw = dict(self.policies)
+        p = self.pending
+        for key in ("reset_after", "retry_on"):
+            if key in p:
+                kw[key] = p[key]
+        if "cron" in p:
+            kw.pop("restart", None)
+            return TaskSpec.cron(
+                self.name,
+                body,
+                p["cron"],
+                tz=p.get("tz"),
+                jitter=p.get("jitter", 0.0),
+                first_delay=p.get("first_delay", 0.0),
+                **kw,
+            )
+        if any(key in p for key in ("fixed_rate", "jitter", "first_delay")):
+            kw["schedule"] = Schedule(
+                first_delay=p.get("first_delay", 0.0),
+                jitter=p.get("jitter", 0.0),
+                fixed_rate=p.get("fixed_rate", False),
+            )
+        return TaskSpec(self.name, body, **kw)
 
 
 # ---------------------------------------------------------------------- policies
