@@ -586,7 +586,7 @@ class LeaseEngine:
         return task.result()
 
     def _adopt(self, task: asyncio.Future[Any]) -> None:
-        self._background.add(task)  # type: ignore[arg-type]
+        self._background.add(task)
         task.add_done_callback(self._forget)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
