@@ -288,6 +288,7 @@ class LeaseEngine:
     async def _first_ask(
         self, key: str, mode: Mode, limit: int
     ) -> tuple[Granted | Queued | Refused, float]:
+        self._check_open()
         loop = self._running_loop()
         while True:
             self._check_open()
@@ -388,6 +389,16 @@ class LeaseEngine:
         """
         self._check_open()
         return await self._view(self._store.holders)
+
+    async def waiting(self, key: str) -> int:
+        """How many ``acquire`` calls wait for ``key`` across the cluster (its queue length).
+
+        Raises:
+            CoordinatorUnavailable: The database did not answer within lease / 3.
+        """
+        key = check_key(key)
+        self._check_open()
+        return await self._view(self._store.waiting, key)
 
     async def nodes(self) -> list[str]:
         """Nodes whose coordinators sent a heartbeat within one lease, sorted.

@@ -257,6 +257,12 @@ class MemoryStore(Store):
                 if k.holder is not None and k.expires > now
             ]
 
+    async def waiting(self, key: str) -> int:
+        with self._db.lock:
+            now = time.time()
+            k = self._db.keys.get(key)
+            return 0 if k is None else sum(t.expires > now and not t.superseded for t in k.queue)
+
     async def nodes(self, within: float) -> list[str]:
         with self._db.lock:
             now = time.time()

@@ -91,6 +91,10 @@ class PostgresStore(Store):
             f"SELECT key, node, fence, extract(epoch FROM expires_at)::float8 FROM {p}_keys "
             "WHERE holder IS NOT NULL AND expires_at > clock_timestamp() ORDER BY key"
         )
+        self._q_waiting = (
+            f"SELECT count(*) FROM {p}_tickets WHERE key = %s AND NOT superseded "
+            "AND expires_at > clock_timestamp()"
+        )
         self._q_nodes = (
             f"SELECT DISTINCT node FROM {p}_nodes "
             "WHERE seen_at > clock_timestamp() - make_interval(secs => %s) ORDER BY node"
@@ -236,6 +240,10 @@ class PostgresStore(Store):
     async def holders(self) -> list[Holding]:
         rows = await self._all(self._q_holders, ())
         return [Holding(k, n, f, e) for k, n, f, e in rows]
+
+    async def waiting(self, key: str) -> int:
+        (n,) = await self._one(self._q_waiting, (key,))
+        return int(n)
 
     async def nodes(self, within: float) -> list[str]:
         rows = await self._all(self._q_nodes, (within,))

@@ -199,6 +199,10 @@ class Coordinator(Protocol):
         """Every live holding in the cluster, sorted by key."""
         ...
 
+    async def waiting(self, key: str) -> int:
+        """How many ``acquire`` calls wait for ``key`` across the cluster."""
+        ...
+
     async def nodes(self) -> list[str]:
         """Node names whose coordinators were seen within one lease, sorted."""
         ...

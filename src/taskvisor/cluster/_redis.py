@@ -15,7 +15,7 @@ from typing import Any
 
 from ._engine import LeaseEngine
 from ._protocol import CoordinatorUnavailable, Holding
-from ._redis_lua import ACQUIRE, CANCEL, CLOSE, HOLDERS, NODES, RELEASE, ROUND, TAKE
+from ._redis_lua import ACQUIRE, CANCEL, CLOSE, HOLDERS, NODES, RELEASE, ROUND, TAKE, WAITING
 from ._store import (
     SCHEMA_VERSION,
     Granted,
@@ -112,6 +112,7 @@ class RedisStore(Store):
             ("close", CLOSE),
             ("holders", HOLDERS),
             ("nodes", NODES),
+            ("waiting", WAITING),
         ):
             self._scripts[name] = self._client.register_script(lua)
         try:
@@ -205,6 +206,9 @@ class RedisStore(Store):
             (Holding(str(k), str(n), _i(f), _i(e) / _US) for k, n, f, e in rows),
             key=lambda h: h.key,
         )
+
+    async def waiting(self, key: str) -> int:
+        return _i(await self._run("waiting", key))
 
     async def nodes(self, within: float) -> list[str]:
         return sorted(set(await self._run("nodes", round(within * _US))))

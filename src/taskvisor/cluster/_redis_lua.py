@@ -250,3 +250,15 @@ end
 return out
 """
 )
+
+WAITING = (
+    PRELUDE
+    + r"""
+local now, n = now_us(), 0
+for _, id in ipairs(redis.call('ZRANGE', qk(ARGV[2]), 0, -1)) do
+    local t = redis.call('HMGET', tk(id), 'exp', 'sup')
+    if t[1] and tonumber(t[1]) > now and t[2] ~= '1' then n = n + 1 end
+end
+return n
+"""
+)

@@ -147,6 +147,10 @@ class Store(abc.ABC):
         """Every live holding, sorted by key."""
 
     @abc.abstractmethod
+    async def waiting(self, key: str) -> int:
+        """How many live, not superseded tickets wait for ``key``."""
+
+    @abc.abstractmethod
     async def nodes(self, within: float) -> list[str]:
         """Node names with a heartbeat in the last ``within`` seconds, sorted."""
 
