@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from functools import partial
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 import pytest
