@@ -223,7 +223,8 @@ class PrivateRedis:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.05)
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "kill") -> None:
+        """SIGKILL: with ``appendfsync always`` every acknowledged write is on disk."""
         if self.proc is not None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=30)
