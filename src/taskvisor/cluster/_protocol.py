@@ -136,6 +136,15 @@ class Lease:
             return False
         return asyncio.get_running_loop().time() < self._deadline
 
+    @property
+    def valid_until(self) -> float:
+        """The loop time (``asyncio`` monotonic clock) at which the lease stops being valid.
+
+        Moves forward with each successful renewal; compare with
+        ``asyncio.get_running_loop().time()``.
+        """
+        return self._deadline
+
     def __repr__(self) -> str:
         return (
             f"<Lease key={self.key!r} fence={self.fence} node={self.node!r} "
