@@ -46,7 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
 
 from cluster_support import (  # noqa: E402 - the private servers live with the tests
     PrivatePostgres,
@@ -81,11 +82,14 @@ async def worker(args: argparse.Namespace) -> None:
 
     from taskvisor.cluster._protocol import CoordinatorUnavailable, Lease, LeaseSignal
 
-    out = open(args.log, "a", buffering=1)  # noqa: SIM115 - line-buffered for the whole run
+    out = open(args.log, "a", buffering=1)  # noqa: SIM115, ASYNC230 - line-buffered, kept open
     pid = os.getpid()
 
     def log(event: str, **fields: Any) -> None:
-        out.write(json.dumps({"e": event, "pid": pid, "node": args.node, "m": time.monotonic(), **fields}) + "\n")
+        out.write(
+            json.dumps({"e": event, "pid": pid, "node": args.node, "m": time.monotonic(), **fields})
+            + "\n"
+        )
 
     coord = make_coordinator(
         args.backend, "chaos", node=args.node, lease=args.lease, dsn=args.target, url=args.target
@@ -96,7 +100,11 @@ async def worker(args: argparse.Namespace) -> None:
             break
         except CoordinatorUnavailable:
             coord = make_coordinator(
-                args.backend, "chaos", node=args.node, lease=args.lease, dsn=args.target,
+                args.backend,
+                "chaos",
+                node=args.node,
+                lease=args.lease,
+                dsn=args.target,
                 url=args.target,
             )
             await asyncio.sleep(0.2)
@@ -105,11 +113,11 @@ async def worker(args: argparse.Namespace) -> None:
     parent = os.getppid()
 
     async def orphan_guard() -> None:  # the harness died: do not linger
-        while os.getppid() == parent:
+        while os.getppid() == parent:  # noqa: ASYNC110 - nothing to wait on
             await asyncio.sleep(0.5)
         os._exit(0)
 
-    guard = asyncio.create_task(orphan_guard())  # noqa: RUF006 - lives as long as the loop
+    _guard = asyncio.create_task(orphan_guard())  # noqa: RUF006 - held by _guard
 
     async def write(key: str, token: int) -> None:
         nonlocal ledger
@@ -132,12 +140,12 @@ async def worker(args: argparse.Namespace) -> None:
         key = rng.choice(keys)
         sub = f"{pid}-{n}"
         log("submit", sub=sub, key=key)
-        hold: asyncio.Task[None] | None = None
+        holding: list[asyncio.Task[None]] = []
 
-        def on_signal(lease: Lease, sig: LeaseSignal) -> None:
-            if sig is LeaseSignal.LOST and hold is not None:
+        def on_signal(lease: Lease, sig: LeaseSignal, holding: list[Any] = holding) -> None:
+            if sig is LeaseSignal.LOST and holding:
                 log("lost", key=lease.key, fence=lease.fence, why=str(lease.lost_reason))
-                hold.cancel()
+                holding[0].cancel()
 
         lease = await coord.acquire(key, on_signal=on_signal)
         log("grant", sub=sub, key=key, fence=lease.fence, srv=lease.expires_at - args.lease)
@@ -150,6 +158,7 @@ async def worker(args: argparse.Namespace) -> None:
                 await asyncio.sleep(rng.uniform(0, args.hold))
 
         hold = asyncio.create_task(body())
+        holding.append(hold)
         with contextlib.suppress(asyncio.CancelledError):
             await hold
         end = min(time.monotonic(), lease.valid_until)
@@ -221,7 +230,7 @@ class Harness:
             w.proc = await asyncio.create_subprocess_exec(
                 *argv,
                 env=env,
-                cwd=Path(__file__).resolve().parents[1],
+                cwd=ROOT,
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,  # a group: faketime's child gets the signals too
                 stdout=output,
@@ -391,7 +400,7 @@ class Harness:
         for path in self.dir.glob("*.jsonl"):
             with path.open() as f:
                 count += sum(1 for line in f if '"e": "grant"' in line)
-        return max(0, count - self.args.keys)
+        return max(0, count - int(self.args.keys))
 
     # ------------------------------------------------------------------ the checker
 
@@ -446,7 +455,9 @@ class Harness:
         ]
         # the ledger
         with psycopg.connect(self.ledger.dsn, autocommit=True) as conn:
-            rows = conn.execute("SELECT key, token, accepted FROM ledger_log ORDER BY id").fetchall()
+            rows = conn.execute(
+                "SELECT key, token, accepted FROM ledger_log ORDER BY id"
+            ).fetchall()
         best: dict[str, int] = {}
         stale_accepted = stale_rejected = accepted = 0
         for key, token, ok in rows:
@@ -478,9 +489,7 @@ class Harness:
                 row["takeover_p99_s"] = round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3)
                 row["takeover_max_s"] = round(lat[-1], 3)
         limit = self.lease + self.lease / 3
-        worst = max(
-            (r.get("takeover_max_s", 0.0) for r in per_nemesis.values()), default=0.0
-        )
+        worst = max((r.get("takeover_max_s", 0.0) for r in per_nemesis.values()), default=0.0)
         report = {
             "backend": self.backend,
             "lease_s": self.lease,
@@ -495,7 +504,12 @@ class Harness:
             "overlap_examples": overlaps[:5],
             "lost_submissions": len(lost),
             "lost_examples": [
-                {"node": ev["node"], "pid": ev["pid"], "key": ev["key"], "at_s": round(ev["m"] - self.began, 2)}
+                {
+                    "node": ev["node"],
+                    "pid": ev["pid"],
+                    "key": ev["key"],
+                    "at_s": round(ev["m"] - self.began, 2),
+                }
                 for ev in lost[:5]
             ],
             "episodes": [

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from cluster_support import require_services
 
 require_services()
@@ -21,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("backend", ["postgres", "redis"])
 def test_chaos_checker_finds_no_violation(backend: str, tmp_path: Path) -> None:
     if shutil.which("faketime") is None:
-        pytest.fail("the chaos test needs faketime for its clock nemesis: apt-get install -y faketime")
+        pytest.fail(
+            "the chaos test needs faketime for its clock nemesis: apt-get install -y faketime"
+        )
     out = tmp_path / "chaos.json"
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks.chaos", "--backend", backend, "--duration", "30",

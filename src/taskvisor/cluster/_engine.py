@@ -189,7 +189,7 @@ class LeaseEngine:
             self._lose(lease, LostReason.CLOSED)
         if release:
             try:
-                await self._call(self._store.close_instance, self._instance)
+                await self._call_detached(self._store.close_instance, self._instance)
             except StoreUnavailable as exc:
                 _log.warning("%s: could not release keys at close (%s); they expire", self, exc)
         if self._background:
@@ -297,15 +297,15 @@ class LeaseEngine:
                 self._store.acquire(key, self._instance, self._node, self._lease, mode, limit)
             )
             try:
-                done, _ = await asyncio.wait({task}, timeout=self._budget)
+                async with asyncio.timeout(self._budget):
+                    # shielded: a grant or ticket that arrives after we gave up is undone
+                    return await asyncio.shield(task), sent
             except asyncio.CancelledError:
                 task.add_done_callback(self._undo_first_ask(key))
                 raise
-            if not done:
+            except TimeoutError:
                 task.add_done_callback(self._undo_first_ask(key))
-                continue  # hung: ask again (any grant or ticket it left behind expires)
-            try:
-                return task.result(), sent
+                continue  # hung: ask again
             except StoreUnavailable as exc:
                 _log.debug("%s: acquire %r: %s; retrying", self, key, exc)
                 await asyncio.sleep(self._retry)
@@ -411,7 +411,7 @@ class LeaseEngine:
 
     async def _view(self, op: Callable[..., Awaitable[T]], *args: Any) -> T:
         try:
-            return await self._call(op, *args)
+            return await self._call_detached(op, *args)
         except StoreUnavailable as exc:
             raise CoordinatorUnavailable(self._store.target, str(exc)) from None
 
@@ -448,7 +448,7 @@ class LeaseEngine:
             keys = [lease.key for lease in held]
             sent = loop.time()
             try:
-                result = await self._call(
+                result = await self._call_detached(
                     self._store.round, self._instance, self._node, self._lease, keys, tickets
                 )
             except StoreUnavailable as exc:
@@ -583,7 +583,17 @@ class LeaseEngine:
     # ------------------------------------------------------------------ plumbing
 
     async def _call(self, op: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """One round trip within its budget; a hung one is cancelled in the background."""
+        """One round trip within its budget; a store's call gives up at once when cancelled."""
+        try:
+            async with asyncio.timeout(self._budget):
+                return await op(*args)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"no answer from {self._store.target} within {self._budget:g}s"
+            ) from None
+
+    async def _call_detached(self, op: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """One round trip within its budget, in a task cancelled in the background."""
         task: asyncio.Future[T] = asyncio.ensure_future(op(*args))
         try:
             done, _ = await asyncio.wait({task}, timeout=self._budget)

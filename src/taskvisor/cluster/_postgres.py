@@ -87,6 +87,7 @@ class PostgresStore(Store):
         self._q_release = f"SELECT {p}_release(%s, %s, %s)"
         self._q_cancel = f"SELECT {p}_cancel(%s, %s)"
         self._q_close = f"SELECT {p}_close(%s)"
+
         self._q_holders = (
             f"SELECT key, node, fence, extract(epoch FROM expires_at)::float8 FROM {p}_keys "
             "WHERE holder IS NOT NULL AND expires_at > clock_timestamp() ORDER BY key"
@@ -136,6 +137,12 @@ class PostgresStore(Store):
                     self._idle.append(conn)
 
     async def _one(self, query: str, params: tuple[Any, ...]) -> tuple[Any, ...]:
+        # In a task of its own: a caller that gives up returns at once, while psycopg
+        # cancels the statement (or closes the connection) in the background. Not pipelined:
+        # statements of one libpq pipeline share an implicit transaction (and its locks).
+        return await asyncio.shield(asyncio.ensure_future(self._one_now(query, params)))
+
+    async def _one_now(self, query: str, params: tuple[Any, ...]) -> tuple[Any, ...]:
         async with self._conn() as conn:
             cur = await conn.execute(query, params)
             row = await cur.fetchone()
@@ -285,7 +292,7 @@ class PostgresCoordinator(LeaseEngine):
         lease: Lease length in seconds, finite and > 0 (default 15.0).
         prefix: Table name prefix, lower-case ``[a-z][a-z0-9_]*`` (default
             ``"taskvisor"``); the schema version is appended (``taskvisor_v1_keys``).
-        pool_size: Connections for round trips (default 8), plus one that listens.
+        pool_size: Connections for round trips (default 16), plus one that listens.
 
     Raises:
         ImportError: psycopg is not installed.
@@ -300,7 +307,7 @@ class PostgresCoordinator(LeaseEngine):
         node: str | None = None,
         lease: float = 15.0,
         prefix: str = "taskvisor",
-        pool_size: int = 8,
+        pool_size: int = 16,
     ) -> None:
         if not isinstance(dsn, str):
             raise TypeError(f"dsn must be a str, got {type(dsn).__name__}")

@@ -18,7 +18,9 @@ from ._protocol import CoordinatorUnavailable, Holding
 from ._redis_lua import ACQUIRE, CANCEL, CLOSE, HOLDERS, NODES, RELEASE, ROUND, TAKE, WAITING
 from ._store import (
     SCHEMA_VERSION,
+    Batcher,
     Granted,
+    Item,
     Mode,
     Queued,
     Refused,
@@ -80,6 +82,33 @@ class RedisStore(Store):
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._batch = Batcher(self._flush)
+
+    async def _flush(self, batch: list[Item]) -> None:
+        """The calls of one loop iteration in one pipeline (one round trip)."""
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for name, args, _ in batch:
+                pipe.evalsha(self._scripts[name].sha, 0, self._p, *args)
+            results = await pipe.execute(raise_on_error=False)
+        except self._errors() as exc:
+            raise StoreUnavailable(str(exc) or type(exc).__name__) from None
+        for (name, args, fut), result in zip(batch, results, strict=True):
+            value = result
+            if isinstance(value, self._redis.exceptions.NoScriptError):  # a restarted server
+                try:
+                    value = await self._run(name, *args)
+                except Exception as exc:
+                    value = exc
+            if fut.done():
+                continue
+            if isinstance(value, Exception):
+                text = str(value)
+                if isinstance(value, self._errors()) or "READONLY" in text or "LOADING" in text:
+                    value = StoreUnavailable(text)
+                fut.set_exception(value)
+            else:
+                fut.set_result(value)
 
     def _errors(self) -> tuple[type[BaseException], ...]:
         exc = self._redis.exceptions
@@ -158,7 +187,7 @@ class RedisStore(Store):
     async def acquire(
         self, key: str, instance: str, node: str, lease: float, mode: Mode, max_queue: int
     ) -> Granted | Queued | Refused:
-        r = await self._run(
+        r = await self._batch.call(
             "acquire", key, instance, node, round(lease * _US), int(mode), max_queue
         )
         status = _i(r[0])
@@ -171,7 +200,7 @@ class RedisStore(Store):
     async def take(
         self, ticket: int, instance: str, node: str, lease: float
     ) -> Granted | TicketStatus:
-        r = await self._run("take", ticket, instance, node, round(lease * _US))
+        r = await self._batch.call("take", ticket, instance, node, round(lease * _US))
         fence, expires = (_i(r[1]), _i(r[2])) if len(r) > 2 else (0, 0)
         return _ticket_status(_i(r[0]), fence, expires)
 
@@ -192,10 +221,10 @@ class RedisStore(Store):
         return RoundResult(renewed, result)
 
     async def release(self, key: str, instance: str, fence: int) -> bool:
-        return bool(_i(await self._run("release", key, instance, fence)))
+        return bool(_i(await self._batch.call("release", key, instance, fence)))
 
     async def cancel(self, ticket: int, instance: str) -> None:
-        await self._run("cancel", ticket, instance)
+        await self._batch.call("cancel", ticket, instance)
 
     async def close_instance(self, instance: str) -> None:
         await self._run("close", instance)

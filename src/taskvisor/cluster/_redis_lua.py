@@ -176,7 +176,7 @@ local key, inst, fence = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local h = redis.call('HMGET', kk(key), 'holder', 'fence', 'exp')
 if h[1] ~= inst or tonumber(h[2]) ~= fence then return 0 end
 clear_holder(key, inst)
-redis.call('PUBLISH', P .. ':hint', key)
+if redis.call('ZCARD', qk(key)) > 0 then redis.call('PUBLISH', P .. ':hint', key) end
 if tonumber(h[3]) > now_us() then return 1 end
 return 0
 """
@@ -189,7 +189,7 @@ local id, inst = ARGV[2], ARGV[3]
 local t = redis.call('HMGET', tk(id), 'key', 'inst')
 if t[1] and t[2] == inst then
     drop_ticket(id, t[1], inst)
-    redis.call('PUBLISH', P .. ':hint', t[1])
+    if redis.call('ZCARD', qk(t[1])) > 0 then redis.call('PUBLISH', P .. ':hint', t[1]) end
 end
 return 0
 """

@@ -19,12 +19,13 @@ superseded and takes its rank (so it is served next); into a free key it is a pl
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
 import math
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,3 +222,55 @@ def check_timeout(name: str, value: Any) -> float:
     assert v is not None
     assert math.isfinite(v)
     return v
+
+
+# --------------------------------------------------------------------------- batching
+
+Item = tuple[str, tuple[Any, ...], "asyncio.Future[Any]"]
+
+
+class Batcher:
+    """Sends the calls made in one loop iteration together: one pipelined round trip.
+
+    Many tasks acquiring and releasing at once would each pay a round trip and the driver's
+    per-call cost; ``submit`` queues a call and the next loop iteration sends every queued
+    call through ``flush`` (a Redis pipeline, a psycopg pipeline). A caller cancelled while
+    its call is queued or in flight leaves the call to run (the engine undoes what it
+    granted, or the grant expires).
+    """
+
+    def __init__(self, flush: Callable[[list[Item]], Awaitable[None]], limit: int = 256) -> None:
+        self._flush = flush
+        self._limit = limit
+        self._pending: list[Item] = []
+        self._scheduled = False
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    async def call(self, name: str, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((name, args, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._start)
+        return await fut
+
+    def _start(self) -> None:
+        self._scheduled = False
+        while self._pending:
+            batch, self._pending = self._pending[: self._limit], self._pending[self._limit :]
+            task = asyncio.ensure_future(self._run(batch))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def _run(self, batch: list[Item]) -> None:
+        try:
+            await self._flush(batch)
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else StoreUnavailable("cancelled")
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(error)
+                    fut.exception()  # a cancelled caller would leave it unretrieved
+            if not isinstance(exc, Exception):
+                raise
