@@ -205,7 +205,10 @@ BEGIN
     END IF;
     UPDATE {p}_keys SET holder = NULL, node = NULL, expires_at = NULL, stop_requested = false
         WHERE key = k;
-    PERFORM pg_notify('{channel}', k);
+    -- NOTIFY serialises commits cluster-wide: only when someone waits for the key
+    IF EXISTS (SELECT 1 FROM {p}_tickets t WHERE t.key = k) THEN
+        PERFORM pg_notify('{channel}', k);
+    END IF;
     RETURN e > clock_timestamp();
 END $fn$;
 
@@ -215,7 +218,7 @@ DECLARE k text;
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
     DELETE FROM {p}_tickets WHERE id = tid AND instance = inst RETURNING key INTO k;
-    IF FOUND THEN
+    IF FOUND AND EXISTS (SELECT 1 FROM {p}_tickets t WHERE t.key = k) THEN
         PERFORM pg_notify('{channel}', k);
     END IF;
 END $fn$;
