@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck bench bench-programs soak clean
+.PHONY: demo test lint typecheck bench bench-programs soak chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,13 @@ bench-programs: $(BENCH_STAMP)
 SOAK_SECONDS ?= 60
 soak: $(STAMP)
 	$(BIN)/python -m benchmarks.soak --seconds $(SOAK_SECONDS)
+
+# The cluster fault harness (docs/cluster.md): five worker processes per backend on private
+# PostgreSQL / Redis servers, nemeses in turn, until 10,000 handovers per backend. Needs the
+# PostgreSQL and Redis server binaries and faketime; `make test` runs a 30 s version.
+CHAOS_ARGS ?= --backend all --duration 60 --min-handovers 10000
+chaos: $(STAMP)
+	$(BIN)/python -m benchmarks.chaos $(CHAOS_ARGS) --json benchmarks/results/chaos.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build src/*.egg-info

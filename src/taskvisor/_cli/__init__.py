@@ -383,7 +383,8 @@ async def _supervise(plan: Plan) -> int:
 
             timer = loop.call_later(plan.stop_after, stop_after)
         count = len(plan.tasks)
-        loop.call_soon(_announce, sup, plan, count, signal.getsignal(signal.SIGINT), 0)
+        # start() has installed the signal handlers: scripts may signal from the announcement on.
+        loop.call_soon(_announce, sup, plan, count)
         report = await sup.run([])
         if timer is not None:
             timer.cancel()
@@ -400,12 +401,9 @@ async def _supervise(plan: Plan) -> int:
     return _summarise(runner, report.grace_exceeded)
 
 
-def _announce(sup: Supervisor, plan: Plan, count: int, before: object, tries: int) -> None:
-    """Say the run is ready once ``Supervisor.run`` handles the signals (scripts wait for it)."""
+def _announce(sup: Supervisor, plan: Plan, count: int) -> None:
+    """Say the run is ready: its signals are handled (scripts wait for this line)."""
     if sup.closed:
-        return
-    if signal.getsignal(signal.SIGINT) is before and tries < 100:
-        asyncio.get_running_loop().call_soon(_announce, sup, plan, count, before, tries + 1)
         return
     log.info(
         "supervising %d task%s from %s (pid %d); Ctrl+C or SIGTERM stops them",
