@@ -180,11 +180,12 @@ async def drive(
                     delay = max(0.0, started + _MIN_RESTART_SPACING - now)
                 await _wait(rec, delay, _SCHEDULED, bus, BackoffSource.SUCCESS)
                 continue
-            # a failed attempt (not a stop): the restart policy and the budget decide
+            # a failed attempt: its reason is the last error, even when a stop ended it
+            rec.last_error = result.reason
             if rec.requested:
                 outcome = stopped_outcome(rec)
                 break
-            rec.last_error = result.reason
+            # not a stop: the restart policy and the budget decide
             if _restarting(rec):  # a restart's cancellation ended as a failure
                 after_failure = False
                 continue
