@@ -245,14 +245,16 @@ def _ended(kind: OutcomeKind, rec: TaskRecord, result: AttemptResult) -> TaskOut
 def _restarting(rec: TaskRecord) -> bool:
     """Whether the cancellation just caught was ``Supervisor.restart``'s (not a stop).
 
-    If so, the runner's own cancellation count is taken back, so that the next attempt's
-    timeout works as if it never happened.
+    If so, the runner's own cancellation count is taken back (the restart's, and a force's
+    after the grace period), so that the next attempt's timeout works as if they never
+    happened.
     """
     if rec.restarted is None or rec.requested:
         return False
     task = asyncio.current_task()
     if task is not None:
-        task.uncancel()
+        while task.uncancel():
+            pass
     return True
 
 

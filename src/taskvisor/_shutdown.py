@@ -67,6 +67,45 @@ class Stopper:
             runner.cancel()
         self._add_timer(rec, self._loop.call_later(FORCE_WAIT, self.abandon, rec))
 
+    def arm_restart(self, rec: TaskRecord, restarted: asyncio.Future[bool]) -> None:
+        """``Supervisor.restart`` cancelled ``rec``'s running attempt: make sure it ends.
+
+        As under a stop: an attempt still running ``grace`` later is cancelled again, and a
+        body that swallows that too is given up on ``FORCE_WAIT`` later (``FORCE_ABORTED``;
+        the restart did not happen). Both timers go once the restart is over.
+        """
+        number = rec.attempt
+        handles: list[asyncio.TimerHandle] = []
+
+        def still_running() -> bool:
+            return (
+                rec.restarted is restarted
+                and not rec.finalized
+                and not rec.requested
+                and rec.attempt == number
+                and rec.attempt_started is not None
+            )
+
+        def force() -> None:
+            if still_running():
+                runner = rec.runner
+                if runner is not None and not runner.done():
+                    runner.cancel()
+                handles.append(self._loop.call_later(FORCE_WAIT, give_up))
+
+        def give_up() -> None:
+            if still_running():
+                rec.forced = True
+                rec.request()  # whatever the body does later, no further attempt starts
+                self.abandon(rec)
+
+        def over(_: asyncio.Future[bool]) -> None:
+            for handle in handles:
+                handle.cancel()
+
+        handles.append(self._loop.call_later(self._grace, force))
+        restarted.add_done_callback(over)
+
     def abandon(self, rec: TaskRecord) -> None:
         """The body swallows cancellation: resolve it ``FORCE_ABORTED`` and let it go."""
         if rec.finalized:

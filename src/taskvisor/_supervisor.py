@@ -371,6 +371,9 @@ class Supervisor:
         if rec.restarted is None:
             rec.restarted = asyncio.get_running_loop().create_future()
             runner.cancel()
+            if rec.state is TaskState.RUNNING:  # an attempt to stop, not a wait to end
+                assert self._stopper is not None
+                self._stopper.arm_restart(rec, rec.restarted)
         return await asyncio.shield(rec.restarted)
 
     # ------------------------------------------------------------------ reading
