@@ -376,15 +376,18 @@ async def test_restart_of_a_body_that_swallows_its_cancellation_forces_it_after_
     swallowed: list[int] = []
 
     async def body(ctx: tv.TaskContext) -> None:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            swallowed.append(ctx.attempt)
+        if ctx.attempt == 1:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                swallowed.append(ctx.attempt)
         await asyncio.Event().wait()  # goes on after the first cancellation
 
     sup = make_supervisor(grace=0.02)
     async with asyncio.timeout(GUARD), sup:
-        handle = sup.add(tv.TaskSpec("t", body, timeout=LONG))
+        handle = sup.add(
+            tv.TaskSpec("t", body, timeout=0.5, backoff=tv.BackoffPolicy.constant(LONG))
+        )
         await recorder.wait_for(K.ATTEMPT_STARTING, task="t")
         assert await sup.restart("t") is True
         got = sup.get("t")
@@ -392,10 +395,13 @@ async def test_restart_of_a_body_that_swallows_its_cancellation_forces_it_after_
         assert (got.state, got.attempt, got.restarts) == (S.RUNNING, 2, 0)
         assert swallowed == [1]
         assert not handle.done()
-    assert attempt_kinds(recorder, "t")[:3] == [
+        # The two cancellations of attempt 1 leave the next attempt's timeout intact.
+        await recorder.wait_for(K.ATTEMPT_TIMED_OUT, task="t", attempt=2)
+    assert attempt_kinds(recorder, "t")[:4] == [
         ("attempt_starting", 1),
         ("attempt_canceled", 1),
         ("attempt_starting", 2),
+        ("attempt_timed_out", 2),
     ]
 
 
