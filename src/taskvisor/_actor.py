@@ -37,7 +37,7 @@ def stopped_outcome(rec: TaskRecord) -> TaskOutcome:
     if rec.forced:
         return TaskOutcome(
             OutcomeKind.FORCE_ABORTED,
-            _with_last_error("force-stopped after the grace period", rec),
+            _with_last_error(rec.forced, rec),
             attempts=rec.attempt,
             result=rec.result,
         )

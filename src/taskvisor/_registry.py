@@ -134,7 +134,7 @@ class TaskRecord(StopSignal):
         self.runner: asyncio.Task[None] | None = None
         self.timers: list[asyncio.TimerHandle] | None = None
         self.finalized = False
-        self.forced = False
+        self.forced: str | None = None  # why it was force-stopped (its outcome's words)
         self.holds_slot = False
         self.started = False  # the runner has begun; before that a stop needs no cancel
 

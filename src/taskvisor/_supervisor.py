@@ -29,7 +29,7 @@ from ._events import EventKind
 from ._fanout import Bus, EventStream
 from ._outcome import OutcomeKind, RejectionKind, TaskHandle, TaskOutcome
 from ._registry import Registry, TaskInfo, TaskRecord, TaskState
-from ._shutdown import Stopper, install_signal_handlers
+from ._shutdown import GRACE_OVER, Stopper, install_signal_handlers
 from ._spec import TaskDefaults, TaskSpec
 from ._subscriber import DEFAULT_QUEUE_CAPACITY, as_subscriber
 from ._validate import check_duration, check_int
@@ -583,16 +583,19 @@ class Supervisor:
         for rec in records:
             self._request_stop(rec, arm_force=False)
 
-        def exceeded(stuck: tuple[str, ...]) -> None:
+        def exceeded(stuck: tuple[str, ...]) -> str:
             names = ", ".join(stuck)
             if self._forcing is not None:  # honest words: the grace period did not run out
                 reason = f"{self._forcing}: forcing the stop now; still running: {names}"
+                why = f"force-stopped: {self._forcing}"
             else:
                 reason = f"still running after the {grace}s grace period: {names}"
+                why = GRACE_OVER
             if bus.voice is not None:
                 bus.voice.grace_exceeded(reason)
             if bus.listening:
                 bus.publish(EventKind.GRACE_EXCEEDED, reason=reason)
+            return why  # the forced tasks' outcomes say the same
 
         assert self._stopper is not None
         assert self._skip_grace is not None
