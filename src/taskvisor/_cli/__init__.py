@@ -223,7 +223,7 @@ def _narrator(grace: float) -> Callable[[Event], None]:
             elif event.reason != "natural completion":
                 log.info("stopping every task (grace %gs)", grace)
         elif event.kind is EventKind.GRACE_EXCEEDED:
-            log.warning("grace period over: %s; forcing them", event.reason)
+            log.warning("shutdown: %s", event.reason)  # the reason says why (SPEC §13)
 
     return taskvisor_cli
 
