@@ -266,3 +266,53 @@ async def test_an_application_without_logging_set_up_hears_it_on_stderr(which: s
     assert lines[1] == "Traceback (most recent call last):"
     assert "LookupError: no such row" in lines[-2]
     assert lines[-1] == "task 'job' failed after 1 attempt: LookupError: no such row"
+
+
+async def test_a_cut_short_grace_period_is_never_called_expired(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A run() cancelled twice forces the stop, as a second signal does: every word about it
+    # (the event, the outcome, the default log and a LogSubscriber) says so.
+    caplog.set_level(logging.DEBUG)
+    stopping = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_cleanup() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopping.set()
+            await release.wait()
+
+    results: dict[str, list[str]] = {}
+    for name, subscribers in (("voice", []), ("log", [tv.LogSubscriber("app")])):
+        caplog.clear()
+        recorder = EventRecorder()
+        sup = tv.Supervisor(config(grace=30.0), subscribers=[recorder, *subscribers])
+        stopping.clear()
+        try:
+            async with asyncio.timeout(GUARD):
+                running = asyncio.create_task(sup.run([tv.TaskSpec("slow", slow_cleanup)]))
+                await recorder.wait_for(tv.EventKind.ATTEMPT_STARTING)
+                running.cancel()
+                await stopping.wait()
+                running.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await running
+                report = await sup.wait()
+        finally:
+            release.set()
+        assert report.grace_exceeded
+        [exceeded] = recorder.select(tv.EventKind.GRACE_EXCEEDED)
+        assert exceeded.reason == "run cancelled again: forcing the stop now; still running: slow"
+        outcome = report.outcomes["slow"]
+        assert outcome.kind is O.FORCE_ABORTED
+        assert outcome.reason == "force-stopped: run cancelled again"
+        results[name] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        release.clear()
+    assert results["voice"] == [
+        "shutdown: run cancelled again: forcing the stop now; still running: slow"
+    ]
+    assert any("forcing the stop now" in m for m in results["log"]), results["log"]
+    for messages in results.values():
+        assert not any("grace" in m for m in messages), messages
