@@ -2,8 +2,10 @@
 
 Usage: ``python _signal_child.py MODE`` where MODE is ``cooperative`` (the body stops at
 once), ``slow-cleanup`` (the body's cleanup outlasts the 30 s grace) or ``no-signals``
-(``handle_signals=False``). Prints ``ready`` once the body runs, ``stopping`` when it sees
-its stop, and finally one JSON line describing the shutdown.
+(``handle_signals=False``); ``with-cooperative`` and ``with-slow-cleanup`` do the same under
+``async with Supervisor(...)`` and ``await sup.wait()`` instead of ``run``. Prints ``ready``
+once the body runs, ``stopping`` when it sees its stop, and finally one JSON line describing
+the shutdown.
 """
 
 from __future__ import annotations
@@ -62,5 +64,49 @@ async def main(mode: str) -> dict[str, object]:
     }
 
 
+async def main_with(mode: str) -> dict[str, object]:
+    """``async with Supervisor(...)`` and ``await sup.wait()``: signals from ``start()``."""
+    events: list[tv.Event] = []
+    cleanup: list[str] = []
+
+    async def body() -> None:
+        print("ready", flush=True)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            print("stopping", flush=True)
+            if mode == "with-slow-cleanup":
+                await asyncio.sleep(GRACE * 2)
+            cleanup.append("done")
+            raise
+
+    sigint_before = signal.getsignal(signal.SIGINT)
+    sigterm_before = signal.getsignal(signal.SIGTERM)
+    started = time.monotonic()
+    sup = tv.Supervisor(tv.SupervisorConfig(grace=GRACE), subscribers=[events.append])
+    async with sup:
+        sup.add(tv.TaskSpec("worker", body))
+        report = await sup.wait()
+    elapsed = time.monotonic() - started
+    finished = [e for e in events if e.kind is tv.EventKind.TASK_FINISHED]
+    exceeded = [e for e in events if e.kind is tv.EventKind.GRACE_EXCEEDED]
+    return {
+        "grace_exceeded": report.grace_exceeded,
+        "stuck": list(report.stuck),
+        "grace": report.grace,
+        "elapsed": elapsed,
+        "outcomes": {name: o.kind for name, o in report.outcomes.items()},
+        "reasons": [o.reason for o in report.outcomes.values()],
+        "finished": [e.outcome for e in finished],
+        "shutdown_reasons": [e.reason for e in events if e.kind is tv.EventKind.SHUTDOWN_REQUESTED],
+        "grace_exceeded_reasons": [e.reason for e in exceeded],
+        "cleanup_ran": cleanup == ["done"],
+        "same_report": await sup.shutdown() is report,
+        "handlers_restored": signal.getsignal(signal.SIGINT) == sigint_before
+        and signal.getsignal(signal.SIGTERM) == sigterm_before,
+    }
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(sys.argv[1]))), flush=True)
+    chosen = main_with if sys.argv[1].startswith("with-") else main
+    print(json.dumps(asyncio.run(chosen(sys.argv[1]))), flush=True)

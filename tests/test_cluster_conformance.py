@@ -96,12 +96,14 @@ async def test_acquire_grants_a_free_key_with_a_positive_token(cluster: Factory)
 
 
 async def test_renewal_keeps_a_lease_alive_for_several_lease_periods(cluster: Factory) -> None:
-    a = await cluster("a", lease=0.3)
-    b = await cluster("b", lease=0.3)
+    # A lease long enough that a loaded machine's scheduling delays never reach the
+    # self-fencing deadline (2/3 of it), short enough to see three periods quickly.
+    a = await cluster("a", lease=1.0)
+    b = await cluster("b", lease=1.0)
     signals = Signals()
     lease = await a.acquire("job", on_signal=signals)
     first = lease.expires_at
-    await wait_until(lambda: lease.expires_at > first + 4 * 0.3, what="four lease periods")
+    await wait_until(lambda: lease.expires_at > first + 3 * 1.0, what="three lease periods")
     assert lease.valid
     assert lease.state is LeaseState.HELD
     assert await b.try_acquire("job") is None

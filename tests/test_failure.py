@@ -493,3 +493,230 @@ async def test_keyboard_interrupt_and_system_exit_are_never_swallowed(
         out, _ = await proc.communicate()
     assert proc.returncode == code
     assert out.decode().split() == ["attempt"]  # not retried, and run() did not return
+
+
+# --------------------------------------------------------------------------- reset_after (§13)
+
+RESET = 0.05
+"""``reset_after`` in these tests; a "long" attempt runs 1.5 × that, a quick one raises at once."""
+
+
+def timed(script: str) -> Callable[[tv.TaskContext], Awaitable[None]]:
+    """Attempt n follows ``script[n-1]``: ``f`` fails at once, ``L`` fails after running
+    longer than ``RESET``, ``S`` succeeds; after the script it succeeds."""
+
+    async def body(ctx: tv.TaskContext) -> None:
+        step = script[ctx.attempt - 1] if ctx.attempt <= len(script) else "S"
+        if step == "L":
+            await asyncio.sleep(RESET * 1.5)
+        if step in "fL":
+            raise tv.Fail(f"{step}{ctx.attempt}")
+
+    return body
+
+
+@pytest.mark.parametrize(
+    ("reset_after", "attempts", "reason"),
+    [
+        # f L f: with reset_after the long attempt starts a new streak (it is its first
+        # failure), so the budget of one retry is spent only at attempt 3.
+        (RESET, 3, "f3"),
+        # Without it, the long attempt is the second failure in a row: the end.
+        (None, 2, "L2"),
+    ],
+)
+async def test_a_failure_after_enough_uptime_starts_a_new_streak(
+    make_supervisor: SupervisorFactory, reset_after: float | None, attempts: int, reason: str
+) -> None:
+    outcome = await run_one(
+        make_supervisor(),
+        tv.TaskSpec.restartable(
+            "t", timed("fLfff"), backoff=FAST, max_retries=1, reset_after=reset_after
+        ),
+    )
+    assert (outcome.kind, outcome.attempts, outcome.reason) == (O.FAILED, attempts, reason)
+
+
+async def test_the_retry_after_a_long_attempt_waits_as_a_first_retry(
+    make_supervisor: SupervisorFactory, recorder: Recorder
+) -> None:
+    backoff = tv.BackoffPolicy.exponential(0.001, factor=2.0, max=1.0, jitter=tv.JitterPolicy.NONE)
+    outcome = await run_one(
+        make_supervisor(),
+        tv.TaskSpec.restartable("t", timed("ffLff"), backoff=backoff, reset_after=RESET),
+    )
+    assert (outcome.kind, outcome.attempts) == (O.COMPLETED, 6)
+    delays = [e.delay for e in recorder.of(K.BACKOFF_SCHEDULED, "t")]
+    # Retry 0 and 1 of the first streak; the long attempt 3 begins a new one: 0, 1, 2.
+    assert delays == [0.001, 0.002, 0.001, 0.002, 0.004]
+
+
+async def test_reset_after_is_inherited_and_can_be_overridden(
+    make_supervisor: SupervisorFactory,
+) -> None:
+    sup = make_supervisor(defaults=tv.TaskDefaults(reset_after=RESET, backoff=FAST))
+    async with asyncio.timeout(GUARD), sup:
+        inherited = sup.add(tv.TaskSpec.restartable("inherited", timed("fLff"), max_retries=1))
+        overridden = sup.add(
+            tv.TaskSpec.restartable("overridden", timed("fLff"), max_retries=1, reset_after=None)
+        )
+        assert ((await inherited).attempts, (await overridden).attempts) == (3, 2)
+
+
+async def test_a_timed_out_attempt_that_ran_long_enough_starts_a_new_streak(
+    make_supervisor: SupervisorFactory, recorder: Recorder
+) -> None:
+    # Each attempt times out after 1.5 × reset_after: every failure is the first of its
+    # streak, so max_retries=1 never ends the task (without reset_after: 2 attempts).
+    sup = make_supervisor()
+    async with asyncio.timeout(GUARD), sup:
+        handle = sup.add(
+            tv.TaskSpec.restartable(
+                "t", forever, timeout=RESET * 1.5, reset_after=RESET, max_retries=1, backoff=FAST
+            )
+        )
+        await recorder.wait_for(K.ATTEMPT_TIMED_OUT, task="t", count=3)
+        assert not handle.done()
+        await handle.cancel()
+    outcome = handle.outcome
+    assert outcome is not None
+    assert outcome.kind is O.CANCELED
+    assert outcome.attempts >= 3
+
+
+async def test_a_long_failure_is_still_bound_by_a_budget_of_zero_retries(
+    make_supervisor: SupervisorFactory,
+) -> None:
+    # 13.1.1: the long attempt is the *first* failure of its new streak, and max_retries=0
+    # allows no retry after a first failure.
+    outcome = await run_one(
+        make_supervisor(),
+        tv.TaskSpec.restartable("t", timed("L"), backoff=FAST, max_retries=0, reset_after=RESET),
+    )
+    assert (outcome.kind, outcome.attempts) == (O.FAILED, 1)
+
+
+# --------------------------------------------------------------------------- retry_on (§13)
+
+
+def raising(*errors: BaseException) -> Callable[[tv.TaskContext], Awaitable[str]]:
+    """Attempt n raises ``errors[n-1]``; after them it returns ``"done"``."""
+
+    async def body(ctx: tv.TaskContext) -> str:
+        if ctx.attempt <= len(errors):
+            raise errors[ctx.attempt - 1]
+        return "done"
+
+    return body
+
+
+async def test_retry_on_retries_the_chosen_types_and_their_subclasses(
+    make_supervisor: SupervisorFactory,
+) -> None:
+    spec = tv.TaskSpec.restartable(
+        "t",
+        raising(ConnectionError("reset"), ConnectionRefusedError("refused"), TimeoutError("slow")),
+        backoff=FAST,
+        retry_on=(ConnectionError, TimeoutError),
+    )
+    outcome = await run_one(make_supervisor(), spec)
+    assert (outcome.kind, outcome.attempts, outcome.result) == (O.COMPLETED, 4, "done")
+
+
+async def test_an_exception_outside_retry_on_ends_the_task_as_fatal_would(
+    make_supervisor: SupervisorFactory, recorder: Recorder
+) -> None:
+    bug = KeyError("missing")
+    spec = tv.TaskSpec.restartable(
+        "t",
+        raising(ConnectionError("reset"), bug),
+        backoff=FAST,
+        retry_on=(ConnectionError,),
+        max_retries=None,
+    )
+    outcome = await run_one(make_supervisor(), spec)
+    assert (outcome.kind, outcome.attempts, outcome.reason) == (O.FATAL, 2, "KeyError: 'missing'")
+    assert outcome.error is bug
+    assert [e.reason for e in recorder.of(K.BACKOFF_SCHEDULED, "t")] == [
+        "ConnectionError: reset"
+    ]  # no backoff after the fatal one
+
+
+@pytest.mark.parametrize("retry_on", [(), (ValueError,)])
+async def test_fail_is_always_retryable(
+    make_supervisor: SupervisorFactory, retry_on: tuple[type[BaseException], ...]
+) -> None:
+    spec = tv.TaskSpec.restartable(
+        "t", raising(tv.Fail("a"), tv.Fail("b")), backoff=FAST, retry_on=retry_on
+    )
+    outcome = await run_one(make_supervisor(), spec)
+    assert (outcome.kind, outcome.attempts) == (O.COMPLETED, 3)
+
+
+@pytest.mark.parametrize("retry_on", [None, (Exception,), (tv.Fatal,), (tv.TaskError,)])
+async def test_fatal_is_never_retried_whatever_retry_on_says(
+    make_supervisor: SupervisorFactory, retry_on: tuple[type[BaseException], ...] | None
+) -> None:
+    spec = tv.TaskSpec.restartable(
+        "t", raising(tv.Fatal("no")), backoff=FAST, retry_on=retry_on, max_retries=None
+    )
+    outcome = await run_one(make_supervisor(), spec)
+    assert (outcome.kind, outcome.attempts) == (O.FATAL, 1)
+
+
+async def test_empty_retry_on_retries_nothing_but_fail(
+    make_supervisor: SupervisorFactory,
+) -> None:
+    sup = make_supervisor()
+    async with asyncio.timeout(GUARD), sup:
+        fail = sup.add(tv.TaskSpec.restartable("fail", raising(tv.Fail("x")), retry_on=()))
+        other = sup.add(
+            tv.TaskSpec.restartable("other", raising(RuntimeError("x")), retry_on=(), backoff=FAST)
+        )
+        # A body's own TimeoutError is a raised exception, not an attempt timeout.
+        own = sup.add(
+            tv.TaskSpec.restartable("own", raising(TimeoutError("mine")), retry_on=(), backoff=FAST)
+        )
+        outcomes = [await fail, await other, await own]
+    assert [(o.kind, o.attempts) for o in outcomes] == [
+        (O.COMPLETED, 2),
+        (O.FATAL, 1),
+        (O.FATAL, 1),
+    ]
+
+
+async def test_timeouts_stay_retryable_whatever_retry_on_says(
+    make_supervisor: SupervisorFactory, recorder: Recorder
+) -> None:
+    async def slow_once(ctx: tv.TaskContext) -> None:
+        if ctx.attempt == 1:
+            await asyncio.Event().wait()
+
+    outcome = await run_one(
+        make_supervisor(),
+        tv.TaskSpec.restartable("t", slow_once, timeout=0.02, retry_on=(), backoff=FAST),
+    )
+    assert (outcome.kind, outcome.attempts) == (O.COMPLETED, 2)
+    assert recorder.of(K.ATTEMPT_TIMED_OUT, "t")[0].attempt == 1
+
+
+async def test_retry_on_is_inherited_and_none_means_every_exception(
+    make_supervisor: SupervisorFactory,
+) -> None:
+    sup = make_supervisor(defaults=tv.TaskDefaults(retry_on=(ConnectionError,), backoff=FAST))
+    async with asyncio.timeout(GUARD), sup:
+        inherited = sup.add(tv.TaskSpec.restartable("inherited", raising(ValueError("v"))))
+        everything = sup.add(
+            tv.TaskSpec.restartable("everything", raising(ValueError("v")), retry_on=None)
+        )
+        assert ((await inherited).kind, (await everything).kind) == (O.FATAL, O.COMPLETED)
+
+
+async def test_retry_on_applies_under_every_restart_policy(
+    make_supervisor: SupervisorFactory,
+) -> None:
+    spec = tv.TaskSpec.periodic(
+        "p", raising(OSError("disk")), 0.001, retry_on=(ConnectionError,), backoff=FAST
+    )
+    outcome = await run_one(make_supervisor(), spec)
+    assert (outcome.kind, outcome.attempts) == (O.FATAL, 1)

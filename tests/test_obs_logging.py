@@ -170,7 +170,7 @@ def test_every_kind_has_a_readable_message_and_its_default_level(
         "task_removed": ("INFO", "task 't' removed"),
         "shutdown_requested": ("INFO", "shutdown requested: signal SIGTERM"),
         "all_stopped_within_grace": ("INFO", "all tasks stopped within the grace period"),
-        "grace_exceeded": ("WARNING", "grace period exceeded: still running after 1.0s: t"),
+        "grace_exceeded": ("WARNING", "shutdown: still running after 1.0s: t"),
         "subscriber_panicked": ("ERROR", "subscriber 'Sink' raised: OSError: disk full"),
         "subscriber_overflow": ("WARNING", "subscriber 'Sink' dropped an event (queue full)"),
         "controller_submitted": ("INFO", "task 't' submitted to slot 's'"),

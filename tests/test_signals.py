@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import taskvisor as tv
 from conftest import GUARD
 
 CHILD = Path(__file__).with_name("_signal_child.py")
@@ -111,3 +112,87 @@ async def test_without_signal_handling_the_default_action_applies() -> None:
             await child.proc.wait()
     assert code == -signal.SIGTERM
     assert report == {}
+
+
+# --------------------------------------------------------------------------- §13: every mode
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_async_with_and_wait_shut_down_on_a_signal_with_cleanup(sig: signal.Signals) -> None:
+    # `docker stop` (SIGTERM) or Ctrl+C under `async with`: start() installed the handlers.
+    code, report, err = await run_child("with-cooperative", ("ready", sig), ("stopping", None))
+    assert code == 0, err
+    assert err == ""  # no KeyboardInterrupt traceback, nothing worth a warning
+    assert report["cleanup_ran"] is True
+    assert report["shutdown_reasons"] == [f"signal {sig.name}"]
+    assert report["outcomes"] == {"worker": "canceled"}
+    assert report["grace_exceeded"] is False
+    assert report["same_report"] is True  # wait() and shutdown() give the one report
+    assert report["handlers_restored"] is True
+
+
+async def test_async_with_two_sigints_force_the_stop_in_honest_words() -> None:
+    code, report, err = await run_child(
+        "with-slow-cleanup",
+        ("ready", signal.SIGINT),
+        ("stopping", signal.SIGINT),
+    )
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert "KeyboardInterrupt" not in err
+    assert "second signal" in err
+    assert "grace period" not in err
+    assert err == "shutdown: second signal (SIGINT): forcing the stop now; still running: worker\n"
+    assert report["cleanup_ran"] is False  # its cleanup was cut short: forced
+    assert report["outcomes"] == {"worker": "force_aborted"}
+    assert report["finished"] == ["force_aborted"]
+    # 13.1.7: GRACE_EXCEEDED is still published, and the report says so, with those words.
+    assert report["grace_exceeded"] is True
+    assert report["stuck"] == ["worker"]
+    [reason] = report["grace_exceeded_reasons"]
+    assert reason.startswith("second signal (SIGINT): forcing the stop now")
+    assert "grace" not in reason
+    [outcome_reason] = report["reasons"]
+    assert "grace period" not in outcome_reason, outcome_reason
+    assert report["elapsed"] < report["grace"]
+    assert report["shutdown_reasons"] == ["signal SIGINT"]
+    assert report["handlers_restored"] is True
+
+
+async def test_wait_called_before_start_waits_for_a_later_start_and_shutdown() -> None:
+    sup = tv.Supervisor(tv.SupervisorConfig(handle_signals=False))
+    async with asyncio.timeout(GUARD):
+        waiter = asyncio.create_task(sup.wait())
+        started = asyncio.Event()
+
+        async def body() -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        await asyncio.sleep(0.01)  # a short while before the start: the waiter waits
+        assert not waiter.done()
+        async with sup:
+            sup.add(tv.TaskSpec("w", body))
+            await started.wait()
+            assert not waiter.done()
+        report = await waiter
+    assert report.outcomes["w"].kind is tv.OutcomeKind.CANCELED
+    assert await sup.shutdown() is report
+
+
+async def test_wait_returns_when_run_is_stopped_by_shutdown() -> None:
+    sup = tv.Supervisor(tv.SupervisorConfig(handle_signals=False))
+    started = asyncio.Event()
+
+    async def body() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async with asyncio.timeout(GUARD):
+        waiter = asyncio.create_task(sup.wait())
+        running = asyncio.create_task(sup.run([tv.TaskSpec("w", body)]))
+        await started.wait()
+        assert not waiter.done()
+        stopped = await sup.shutdown()
+        assert await running is stopped
+        assert await waiter is stopped

@@ -10,7 +10,7 @@ import functools
 import gc
 import math
 import pickle
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -661,3 +661,201 @@ def test_api_error_attributes() -> None:
     assert (timeout.task_id, timeout.timeout) == (7, 1.5)
     assert "7" in str(timeout)
     assert "TaskId" not in str(timeout)
+
+
+# ---------------------------------------------------------------- §13: signatures checked
+
+
+async def two_args(a: Any, b: Any) -> None:
+    pass
+
+
+async def required_keyword(ctx: TaskContext, *, key: str) -> None:
+    pass
+
+
+async def ctx_and_more(ctx: TaskContext, extra: int, *, flag: bool = False) -> None:
+    pass
+
+
+class TwoArgCallable:
+    async def __call__(self, a: Any, b: Any) -> None:
+        pass
+
+
+class Service:
+    async def handle(self, request: Any, response: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("fn", "shown"),
+    [
+        (two_args, "two_args(a: 'Any', b: 'Any')"),
+        (required_keyword, "required_keyword(ctx: 'TaskContext', *, key: 'str')"),
+        (ctx_and_more, "ctx_and_more(ctx: 'TaskContext', extra: 'int', *, flag: 'bool' = False)"),
+        (TwoArgCallable(), "(a: 'Any', b: 'Any')"),
+        (Service().handle, "Service.handle(request: 'Any', response: 'Any')"),
+        (functools.partial(two_args), "(a: 'Any', b: 'Any')"),
+        (functools.partial(with_keyword), "(*, label: 'str')"),
+    ],
+)
+def test_a_body_not_callable_with_ctx_or_nothing_is_refused_naming_its_signature(
+    fn: Any, shown: str
+) -> None:
+    builds: list[Callable[[], TaskSpec]] = [
+        lambda: TaskSpec("t", fn),
+        lambda: TaskSpec.once("t", fn),
+        lambda: TaskSpec.periodic("t", fn, 1.0),
+    ]
+    for build in builds:
+        with pytest.raises(TypeError) as refused:
+            build()
+        assert shown in str(refused.value), str(refused.value)
+        assert "fn(ctx) or fn()" in str(refused.value)
+
+
+async def optional_positional(a: Any = None, b: Any = None) -> None:
+    pass
+
+
+async def star_args(*args: Any) -> None:
+    pass
+
+
+async def star_kwargs(**kwargs: Any) -> None:
+    pass
+
+
+async def ctx_with_optional_keyword(ctx: TaskContext, *, label: str = "x") -> None:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("fn", "takes_context"),
+    [
+        (optional_positional, True),
+        (star_args, True),
+        (star_kwargs, False),
+        (ctx_with_optional_keyword, True),
+        (functools.partial(two_args, 1), True),
+        (functools.partial(two_args, 1, 2), False),
+    ],
+)
+async def test_bodies_callable_with_ctx_or_nothing_are_accepted_and_called_so(
+    fn: Any, takes_context: bool
+) -> None:
+    spec = TaskSpec.once("t", fn)
+    assert spec.takes_context is takes_context
+    async with asyncio.timeout(GUARD), Supervisor(quiet()) as sup:
+        outcome = await sup.add(spec)
+    assert outcome.ok, outcome.reason  # called in the wrong form it would fail with TypeError
+
+
+async def test_the_context_reaches_a_star_args_body() -> None:
+    got: list[Any] = []
+
+    async def collect(*args: Any) -> None:
+        got.extend(args)
+
+    async with asyncio.timeout(GUARD), Supervisor(quiet()) as sup:
+        assert (await sup.add(TaskSpec.once("t", collect))).ok
+    assert len(got) == 1
+    assert isinstance(got[0], TaskContext)
+
+
+# ---------------------------------------------------------------- §13: new keywords checked
+
+
+@pytest.mark.parametrize(
+    ("value", "exc"),
+    [
+        (0, ValueError),
+        (0.0, ValueError),
+        (-1.0, ValueError),
+        (math.nan, ValueError),
+        (math.inf, ValueError),
+        ("5", TypeError),
+        (True, TypeError),
+    ],
+)
+def test_reset_after_validation(value: Any, exc: type[Exception]) -> None:
+    with pytest.raises(exc, match="reset_after"):
+        TaskSpec("t", body, reset_after=value)
+    with pytest.raises(exc, match="reset_after"):
+        TaskSpec.periodic("t", body, 1.0, reset_after=value)
+    with pytest.raises(exc, match="reset_after"):
+        TaskDefaults(reset_after=value)
+
+
+def test_reset_after_valid_values() -> None:
+    assert TaskSpec("t", body, reset_after=2).reset_after == 2.0
+    assert TaskSpec("t", body, reset_after=None).reset_after is None
+    assert TaskDefaults().reset_after is None
+    assert TaskDefaults(reset_after=0.5).reset_after == 0.5
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["ValueError", ValueError("x"), (ValueError, "KeyError"), (int,), [object], 42],
+)
+def test_retry_on_validation(value: Any) -> None:
+    with pytest.raises(TypeError, match="retry_on"):
+        TaskSpec("t", body, retry_on=value)
+    with pytest.raises(TypeError, match="retry_on"):
+        TaskSpec.restartable("t", body, retry_on=value)
+    with pytest.raises(TypeError, match="retry_on"):
+        TaskDefaults(retry_on=value)
+
+
+def test_retry_on_valid_values() -> None:
+    assert TaskSpec("t", body, retry_on=(OSError, ValueError)).retry_on == (OSError, ValueError)
+    assert TaskSpec("t", body, retry_on=()).retry_on == ()
+    assert TaskSpec("t", body, retry_on=None).retry_on is None
+    assert TaskDefaults().retry_on is None
+    # A spec is a frozen value: a list given is kept as a tuple.
+    spec = TaskSpec("t", body, retry_on=[OSError])  # type: ignore[arg-type]
+    assert spec.retry_on == (OSError,)
+    assert hash(spec) == hash(TaskSpec("t", body, retry_on=(OSError,)))
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "exc"),
+    [
+        ("jitter", -1.0, ValueError),
+        ("jitter", math.nan, ValueError),
+        ("jitter", math.inf, ValueError),
+        ("jitter", "1", TypeError),
+        ("first_delay", -0.5, ValueError),
+        ("first_delay", math.inf, ValueError),
+        ("first_delay", "1", TypeError),
+        ("fixed_rate", "yes", TypeError),
+        ("fixed_rate", 1, TypeError),
+    ],
+)
+def test_schedule_keywords_validation(keyword: str, value: Any, exc: type[Exception]) -> None:
+    with pytest.raises(exc, match=keyword):
+        TaskSpec.periodic("t", body, 1.0, **{keyword: value})
+
+
+@pytest.mark.parametrize(
+    ("tz", "exc"),
+    [("Not/AZone", ValueError), ("", ValueError), (5, TypeError), (b"UTC", TypeError)],
+)
+def test_tz_validation(tz: Any, exc: type[Exception]) -> None:
+    with pytest.raises(exc, match="tz"):
+        TaskSpec.cron("t", body, "* * * * *", tz=tz)
+
+
+def test_schedules_are_part_of_the_spec_value() -> None:
+    plain = TaskSpec.periodic("t", body, 1.0)
+    assert plain.restart == RestartPolicy.always(interval=1.0)
+    assert plain == TaskSpec.periodic("t", body, 1.0, jitter=0.0, first_delay=0.0)
+    assert plain != TaskSpec.periodic("t", body, 1.0, fixed_rate=True)
+    assert plain != TaskSpec.periodic("t", body, 1.0, jitter=0.5)
+    assert TaskSpec.cron("t", body, "*/5 * * * *", tz="UTC") == TaskSpec.cron(
+        "t", body, "*/5 * * * *", tz="UTC"
+    )
+    assert TaskSpec.cron("t", body, "*/5 * * * *", tz="UTC") != TaskSpec.cron(
+        "t", body, "*/5 * * * *", tz="Europe/Paris"
+    )

@@ -37,7 +37,7 @@ def stopped_outcome(rec: TaskRecord) -> TaskOutcome:
     if rec.forced:
         return TaskOutcome(
             OutcomeKind.FORCE_ABORTED,
-            _with_last_error("force-stopped after the grace period", rec),
+            _with_last_error(rec.forced, rec),
             attempts=rec.attempt,
             result=rec.result,
         )
@@ -108,10 +108,9 @@ async def drive(
     grid_start: float | None = None  # fixed rate: when the first attempt started
     outcome: TaskOutcome
     try:
-        if schedule is not None and not rec.requested:
-            first = schedule.first_wait(time.time())
-            if first > 0:
-                await _wait(rec, first, _SCHEDULED)
+        # A first delay, or cron (unless restart() came first: the wait is over already).
+        if rec.next_attempt_at is not None and not rec.requested and rec.restarted is None:
+            await _wait(rec, max(0.0, rec.next_attempt_at - time.time()), _SCHEDULED)
         while True:
             if rec.requested:
                 outcome = stopped_outcome(rec)
@@ -180,11 +179,12 @@ async def drive(
                     delay = max(0.0, started + _MIN_RESTART_SPACING - now)
                 await _wait(rec, delay, _SCHEDULED, bus, BackoffSource.SUCCESS)
                 continue
-            # a failed attempt (not a stop): the restart policy and the budget decide
+            # a failed attempt: its reason is the last error, even when a stop ended it
+            rec.last_error = result.reason
             if rec.requested:
                 outcome = stopped_outcome(rec)
                 break
-            rec.last_error = result.reason
+            # not a stop: the restart policy and the budget decide
             if _restarting(rec):  # a restart's cancellation ended as a failure
                 after_failure = False
                 continue
@@ -244,14 +244,16 @@ def _ended(kind: OutcomeKind, rec: TaskRecord, result: AttemptResult) -> TaskOut
 def _restarting(rec: TaskRecord) -> bool:
     """Whether the cancellation just caught was ``Supervisor.restart``'s (not a stop).
 
-    If so, the runner's own cancellation count is taken back, so that the next attempt's
-    timeout works as if it never happened.
+    If so, the runner's own cancellation count is taken back (the restart's, and a force's
+    after the grace period), so that the next attempt's timeout works as if they never
+    happened.
     """
     if rec.restarted is None or rec.requested:
         return False
     task = asyncio.current_task()
     if task is not None:
-        task.uncancel()
+        while task.uncancel():
+            pass
     return True
 
 

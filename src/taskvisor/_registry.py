@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -129,12 +130,19 @@ class TaskRecord(StopSignal):
         self.started_at: float | None = None  # wall clock, of the current or last attempt
         self.last_success_at: float | None = None
         self.next_attempt_at: float | None = None
+        schedule = spec.schedule
+        if schedule is not None:  # SCHEDULED from registration on, not from the first step
+            now = time.time()
+            first = schedule.first_wait(now)
+            if first > 0:
+                self.state = TaskState.SCHEDULED
+                self.next_attempt_at = now + first
         # ``Supervisor.restart``: resolved once the next attempt has started.
         self.restarted: asyncio.Future[bool] | None = None
         self.runner: asyncio.Task[None] | None = None
         self.timers: list[asyncio.TimerHandle] | None = None
         self.finalized = False
-        self.forced = False
+        self.forced: str | None = None  # why it was force-stopped (its outcome's words)
         self.holds_slot = False
         self.started = False  # the runner has begun; before that a stop needs no cancel
 

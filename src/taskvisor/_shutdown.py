@@ -22,6 +22,9 @@ from ._fanout import Bus
 from ._outcome import TaskOutcome
 from ._registry import TaskRecord
 
+GRACE_OVER = "force-stopped after the grace period"
+"""Why a task is forced when its grace period ran out (the outcome's reason)."""
+
 FORCE_WAIT = 1.0
 """After a force-stop, how long to wait for a body that swallows cancellation before the
 supervisor stops waiting for it, resolves it ``FORCE_ABORTED`` and moves on."""
@@ -55,17 +58,59 @@ class Stopper:
         else:
             rec.timers.append(timer)
 
-    def force(self, rec: TaskRecord) -> None:
-        """Grace is over: cancel again, and stop waiting after ``FORCE_WAIT``."""
+    def force(self, rec: TaskRecord, why: str = GRACE_OVER) -> None:
+        """Grace is over: cancel again, and stop waiting after ``FORCE_WAIT``.
+
+        ``why`` becomes the outcome's reason (a second signal cut the grace period short).
+        """
         if rec.finalized or rec.forced:
             return
-        rec.forced = True
+        rec.forced = why
         runner = rec.runner
         # A runner that has not begun would die before its first line, skipping its cleanup;
         # it sees the stop request at its first step instead.
         if rec.started and runner is not None and not runner.done():
             runner.cancel()
         self._add_timer(rec, self._loop.call_later(FORCE_WAIT, self.abandon, rec))
+
+    def arm_restart(self, rec: TaskRecord, restarted: asyncio.Future[bool]) -> None:
+        """``Supervisor.restart`` cancelled ``rec``'s running attempt: make sure it ends.
+
+        As under a stop: an attempt still running ``grace`` later is cancelled again, and a
+        body that swallows that too is given up on ``FORCE_WAIT`` later (``FORCE_ABORTED``;
+        the restart did not happen). Both timers go once the restart is over.
+        """
+        number = rec.attempt
+        handles: list[asyncio.TimerHandle] = []
+
+        def still_running() -> bool:
+            return (
+                rec.restarted is restarted
+                and not rec.finalized
+                and not rec.requested
+                and rec.attempt == number
+                and rec.attempt_started is not None
+            )
+
+        def force() -> None:
+            if still_running():
+                runner = rec.runner
+                if runner is not None and not runner.done():
+                    runner.cancel()
+                handles.append(self._loop.call_later(FORCE_WAIT, give_up))
+
+        def give_up() -> None:
+            if still_running():
+                rec.forced = GRACE_OVER
+                rec.request()  # whatever the body does later, no further attempt starts
+                self.abandon(rec)
+
+        def over(_: asyncio.Future[bool]) -> None:
+            for handle in handles:
+                handle.cancel()
+
+        handles.append(self._loop.call_later(self._grace, force))
+        restarted.add_done_callback(over)
 
     def abandon(self, rec: TaskRecord) -> None:
         """The body swallows cancellation: resolve it ``FORCE_ABORTED`` and let it go."""
@@ -80,12 +125,13 @@ class Stopper:
         self,
         records: Sequence[TaskRecord],
         skip: asyncio.Event,
-        exceeded: Callable[[tuple[str, ...]], None],
+        exceeded: Callable[[tuple[str, ...]], str],
     ) -> tuple[str, ...]:
         """The shutdown's wait: up to ``grace`` for every record (less if ``skip`` is set).
 
-        Tasks still running then are passed to ``exceeded`` (sorted names), forced, given
-        ``FORCE_WAIT`` more, and abandoned if they still run. Returns those names.
+        Tasks still running then are passed to ``exceeded`` (sorted names; it says why they
+        are forced), forced, given ``FORCE_WAIT`` more, and abandoned if they still run.
+        Returns those names.
         """
         pending = [rec for rec in records if not rec.finalized]
         if not pending:
@@ -101,11 +147,10 @@ class Stopper:
         # this wait ends and finish it FORCE_ABORTED: it was still running at the end of
         # grace too.
         stuck = tuple(sorted(rec.name for rec in pending if rec.forced or not rec.finalized))
-        if stuck:
-            exceeded(stuck)
+        why = exceeded(stuck) if stuck else GRACE_OVER
         left = [rec for rec in pending if not rec.finalized]
         for rec in left:
-            self.force(rec)
+            self.force(rec, why)
         if left:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(all_done(left), FORCE_WAIT)

@@ -326,7 +326,7 @@ class TaskSpec:
         """
         interval = check_duration("every", every, positive=True)
         schedule = None
-        if fixed_rate or jitter or first_delay:
+        if fixed_rate is not False or jitter != 0.0 or first_delay != 0.0:  # None is checked too
             schedule = Schedule(first_delay=first_delay, jitter=jitter, fixed_rate=fixed_rate)
         return cls(
             name,

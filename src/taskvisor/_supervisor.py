@@ -29,7 +29,7 @@ from ._events import EventKind
 from ._fanout import Bus, EventStream
 from ._outcome import OutcomeKind, RejectionKind, TaskHandle, TaskOutcome
 from ._registry import Registry, TaskInfo, TaskRecord, TaskState
-from ._shutdown import Stopper, install_signal_handlers
+from ._shutdown import GRACE_OVER, Stopper, install_signal_handlers
 from ._spec import TaskDefaults, TaskSpec
 from ._subscriber import DEFAULT_QUEUE_CAPACITY, as_subscriber
 from ._validate import check_duration, check_int
@@ -366,11 +366,17 @@ class Supervisor:
         if rec is None or rec.finalized or rec.requested or rec.state is TaskState.WAITING:
             return False
         runner = rec.runner
-        if not rec.started or runner is None or runner.done():
+        if runner is None or runner.done():
             return False
         if rec.restarted is None:
             rec.restarted = asyncio.get_running_loop().create_future()
-            runner.cancel()
+            # A runner that has not begun (a first delay seen from registration) skips its
+            # wait when it does; cancelling it now would skip its coroutine and its cleanup.
+            if rec.started:
+                runner.cancel()
+            if rec.state is TaskState.RUNNING:  # an attempt to stop, not a wait to end
+                assert self._stopper is not None
+                self._stopper.arm_restart(rec, rec.restarted)
         return await asyncio.shield(rec.restarted)
 
     # ------------------------------------------------------------------ reading
@@ -580,16 +586,19 @@ class Supervisor:
         for rec in records:
             self._request_stop(rec, arm_force=False)
 
-        def exceeded(stuck: tuple[str, ...]) -> None:
+        def exceeded(stuck: tuple[str, ...]) -> str:
             names = ", ".join(stuck)
             if self._forcing is not None:  # honest words: the grace period did not run out
                 reason = f"{self._forcing}: forcing the stop now; still running: {names}"
+                why = f"force-stopped: {self._forcing}"
             else:
                 reason = f"still running after the {grace}s grace period: {names}"
+                why = GRACE_OVER
             if bus.voice is not None:
                 bus.voice.grace_exceeded(reason)
             if bus.listening:
                 bus.publish(EventKind.GRACE_EXCEEDED, reason=reason)
+            return why  # the forced tasks' outcomes say the same
 
         assert self._stopper is not None
         assert self._skip_grace is not None

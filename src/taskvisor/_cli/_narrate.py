@@ -54,7 +54,7 @@ def narrator(grace: float, *, events: bool, hidden: str) -> Callable[[Event], No
                 cli.info("stopping every task (grace %gs)", grace)
             return
         if kind is _E.GRACE_EXCEEDED:
-            cli.warning("grace period over: %s; forcing them", event.reason)
+            cli.warning("shutdown: %s", event.reason)  # the reason says why (SPEC §13)
             return
         if not events or event.task == hidden:
             return

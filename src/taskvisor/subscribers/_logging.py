@@ -161,7 +161,9 @@ def _message(e: Event) -> tuple[str, tuple[object, ...]]:
     if k is _E.ALL_STOPPED_WITHIN_GRACE:
         return "all tasks stopped within the grace period", ()
     if k is _E.GRACE_EXCEEDED:
-        return "grace period exceeded: %s", (e.reason,)
+        # The reason says what happened: the grace period ran out, or a second signal cut
+        # it short ("never as an expired grace period", SPEC §13).
+        return "shutdown: %s", (e.reason,)
     if k is _E.SUBSCRIBER_PANICKED:
         return "subscriber %r raised: %s", (task, e.reason)
     if k is _E.SUBSCRIBER_OVERFLOW:
